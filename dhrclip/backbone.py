@@ -1,0 +1,171 @@
+"""Loading the frozen CLIP backbone through open_clip (tags, local files, random init).
+
+Every source ends as an open_clip ``CLIP`` in fp32 on the CPU. Local files are
+read without running code: OpenAI JIT archives through ``torch.jit.load``,
+everything else with ``torch.load(weights_only=True)`` or safetensors.
+"""
+from __future__ import annotations
+
+import logging
+import pickle
+import socket
+import zipfile
+from pathlib import Path
+
+import open_clip
+import torch
+from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+from open_clip.pretrained import download_pretrained, get_pretrained_cfg, list_pretrained_tags_by_model
+
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "ViT-L-14-336-quickgelu"
+WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+_DOWNLOAD_TIMEOUT_S = 30
+_REQUIRED_KEYS = ("visual.conv1.weight", "visual.positional_embedding", "visual.proj", "token_embedding.weight",
+                  "positional_embedding", "text_projection", "ln_final.weight")
+_IGNORED_KEYS = ("input_resolution", "context_length", "vocab_size")
+
+
+def load_clip(model_name: str = DEFAULT_MODEL, pretrained: str = "openai") -> CLIP:
+    """Build the backbone named by ``--model``/``--pretrained``, frozen and in eval mode.
+
+    ``pretrained`` is an open_clip tag (``openai``), a path to a weights file, or
+    ``none`` for random weights (tests, benchmarks).
+    """
+    if model_name not in open_clip.list_models():
+        raise UserError(f"--model {model_name} is not an open_clip architecture "
+                        f"(see open_clip.list_models(), e.g. {DEFAULT_MODEL})")
+    if pretrained.lower() == "none":
+        model = open_clip.create_model(model_name, pretrained=None)
+    else:
+        path = Path(pretrained).expanduser()
+        looks_like_path = path.suffix in WEIGHT_SUFFIXES or "/" in pretrained or path.exists()
+        file = path if looks_like_path else _download(model_name, pretrained)
+        model = model_from_state_dict(read_weights(file), model_name, source=str(file))
+    if not isinstance(model, CLIP):
+        raise UserError(f"--model {model_name} is not a plain CLIP (custom text towers are not supported)")
+    model.eval().requires_grad_(False)
+    return model.float()
+
+
+def _download(model_name: str, tag: str) -> Path:
+    """Fetch (or find in open_clip's cache) the weights for an open_clip tag, failing fast offline."""
+    cfg = get_pretrained_cfg(model_name, tag)
+    if not cfg:
+        tags = ", ".join(list_pretrained_tags_by_model(model_name)) or "none"
+        raise UserError(f"--pretrained {tag}: not a weights file, and not an open_clip tag of {model_name} "
+                        f"(its tags: {tags})")
+    url = cfg.get("url") or ""
+    fetch = Path(url).name if url else cfg.get("hf_hub", "")
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(_DOWNLOAD_TIMEOUT_S)
+    try:
+        target = download_pretrained(cfg)
+    except Exception as exc:  # network stacks raise many types; all mean "not available"
+        raise UserError(
+            f"could not obtain the '{tag}' weights of {model_name} ({type(exc).__name__}: {str(exc)[:120]}); "
+            f"download {fetch} on a machine with internet and pass --pretrained /path/to/{Path(fetch).name or 'weights'}"
+        ) from exc
+    finally:
+        socket.setdefaulttimeout(previous)
+    if not target:
+        raise UserError(f"open_clip has no download for '{tag}' of {model_name}; pass --pretrained /path/to/weights")
+    return Path(target)
+
+
+def _is_jit_archive(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("constants.pkl") or "/code/" in name for name in archive.namelist())
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """State dict of a CLIP weights file, whatever its container, without executing code."""
+    if not path.is_file():
+        raise UserError(f"weights file not found: {path} (pass --pretrained with an existing file, "
+                        f"e.g. OpenAI's ViT-L-14-336px.pt)")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            state = load_file(str(path))
+        elif _is_jit_archive(path):
+            state = torch.jit.load(str(path), map_location="cpu").state_dict()
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise UserError(f"refused to load {path}: it holds objects other than tensors, and loading it could run "
+                        f"code ({str(exc).splitlines()[0][:160]})") from exc
+    except Exception as exc:
+        raise UserError(f"cannot read weights file {path}: corrupt or not a PyTorch/safetensors file "
+                        f"({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})") from exc
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise UserError(f"{path} does not hold a state dict")
+    state = {k.removeprefix("module."): v for k, v in state.items() if k not in _IGNORED_KEYS}
+    missing = [key for key in _REQUIRED_KEYS if key not in state]
+    if missing:
+        raise UserError(f"{path} is not a CLIP ViT checkpoint (missing {', '.join(missing[:3])})")
+    return state
+
+
+def infer_config(state: dict[str, torch.Tensor]) -> dict:
+    """open_clip model config of an OpenAI-layout ViT state dict, from tensor shapes alone."""
+    vision_width = state["visual.conv1.weight"].shape[0]
+    patch = state["visual.conv1.weight"].shape[-1]
+    grid = round((state["visual.positional_embedding"].shape[0] - 1) ** 0.5)
+    text_width = state["ln_final.weight"].shape[0]
+    return {
+        "embed_dim": state["text_projection"].shape[1],
+        "vision_cfg": {
+            "image_size": patch * grid,
+            "layers": len({k.split(".")[3] for k in state if k.startswith("visual.transformer.resblocks.")}),
+            "width": vision_width,
+            "patch_size": patch,
+        },
+        "text_cfg": {
+            "context_length": state["positional_embedding"].shape[0],
+            "vocab_size": state["token_embedding.weight"].shape[0],
+            "width": text_width,
+            "heads": text_width // 64,
+            "layers": len({k.split(".")[2] for k in state if k.startswith("transformer.resblocks.")}),
+        },
+    }
+
+
+def _same_architecture(named: dict | None, inferred: dict) -> bool:
+    if not named:
+        return False
+    vision, text = named.get("vision_cfg", {}), named.get("text_cfg", {})
+    return (named.get("embed_dim") == inferred["embed_dim"]
+            and all(vision.get(k) == v for k, v in inferred["vision_cfg"].items())
+            and all(text.get(k, v if k == "heads" else None) == v for k, v in inferred["text_cfg"].items()))
+
+
+def model_from_state_dict(state: dict[str, torch.Tensor], model_name: str, source: str) -> CLIP:
+    """Build the CLIP that ``state`` fits and load it in fp32.
+
+    When the file fits ``--model``'s architecture, that config decides details
+    the shapes cannot show (QuickGELU or GELU). Otherwise the file is taken as
+    an OpenAI-style ViT and its architecture is inferred, with QuickGELU as
+    OpenAI trained it.
+    """
+    inferred = infer_config(state)
+    named = open_clip.get_model_config(model_name)
+    if _same_architecture(named, inferred):
+        model = open_clip.create_model(model_name, pretrained=None)
+    else:
+        log.info("%s does not fit --model %s; using the architecture in the file (%s layers, width %s, "
+                 "patch %s, QuickGELU)", source, model_name, inferred["vision_cfg"]["layers"],
+                 inferred["vision_cfg"]["width"], inferred["vision_cfg"]["patch_size"])
+        model = CLIP(inferred["embed_dim"], vision_cfg=CLIPVisionCfg(**inferred["vision_cfg"]),
+                     text_cfg=CLIPTextCfg(**inferred["text_cfg"]), quick_gelu=True)
+    try:
+        model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    except RuntimeError as exc:
+        raise UserError(f"{source} does not fit a CLIP of its own shapes: {str(exc).splitlines()[1][:200]}") from exc
+    return model

@@ -1,0 +1,166 @@
+"""Reading images, masks and meta.json indexes (SPEC §8) into canvases for the model."""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+
+ITEM_KEYS = ("img_path", "mask_path", "cls_name", "specie_name", "anomaly")
+
+
+def _open(path: Path, what: str) -> Image.Image:
+    """Open and fully decode an image, upright per its EXIF orientation."""
+    if not path.is_file():
+        raise UserError(f"{what} not found: {path}")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return ImageOps.exif_transpose(img)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise UserError(f"{what} {path} is unreadable or truncated ({exc})") from exc
+
+
+def _high_bit_depth_to_uint8(img: Image.Image) -> np.ndarray:
+    """Scale a 16-bit or 32-bit single-channel image to 8 bits by its value range."""
+    arr = np.asarray(img, dtype=np.float64)
+    top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+    return np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def load_rgb(path: Path) -> Image.Image:
+    """Any reasonable image as 8-bit RGB: grayscale, palette, RGBA, 16-bit, CMYK, EXIF-rotated."""
+    img = _open(path, "image")
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        img = Image.fromarray(_high_bit_depth_to_uint8(img), mode="L")
+    elif img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA"):
+        background = Image.new("RGB", img.size, (0, 0, 0))
+        background.paste(img.convert("RGBA"), mask=img.convert("RGBA").getchannel("A"))
+        return background
+    return img.convert("RGB")
+
+
+def load_mask(path: Path) -> np.ndarray:
+    """A ground-truth mask as bool (H, W): any non-zero value in any channel is anomalous."""
+    img = _open(path, "mask")
+    if img.mode == "P":
+        img = img.convert("RGB")
+    arr = np.asarray(img)
+    if arr.ndim == 3:
+        arr = arr[..., :3].max(axis=-1) if arr.shape[-1] != 2 else arr[..., 0]
+    return arr != 0
+
+
+def to_canvas(img: Image.Image, size: int) -> torch.Tensor:
+    """Bicubic resize to size × size, as a uint8 (3, size, size) tensor."""
+    resized = img.resize((size, size), Image.Resampling.BICUBIC)
+    return torch.from_numpy(np.asarray(resized, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+def resize_mask(mask: np.ndarray, size: int) -> torch.Tensor:
+    """Bilinear resize of a bool mask to size × size, binarised at 0.5 (SPEC §2)."""
+    img = Image.fromarray(mask.astype(np.float32), mode="F")
+    resized = np.asarray(img.resize((size, size), Image.Resampling.BILINEAR))
+    return torch.from_numpy(resized > 0.5)
+
+
+@dataclass(frozen=True)
+class Item:
+    """One row of a meta.json index, with paths resolved against the dataset root."""
+
+    image: Path
+    mask: Path | None
+    cls_name: str
+    specie_name: str
+    anomaly: int
+
+
+def read_meta(root: Path, split: str = "test", classes: list[str] | None = None) -> dict[str, list[Item]]:
+    """Items of ``root/meta.json`` for ``split``, by class, validated against SPEC §8."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"dataset root not found: {root}")
+    meta_path = root / "meta.json"
+    if not meta_path.is_file():
+        raise UserError(f"{meta_path} not found; build it with generate_dataset_json/<dataset>.py --root {root}")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{meta_path} is not valid JSON ({exc})") from exc
+    if not isinstance(meta, dict) or not isinstance(meta.get(split), dict):
+        raise UserError(f"{meta_path} has no '{split}' section of the form {{class: [item, ...]}}")
+    section = meta[split]
+    wanted = classes or sorted(section)
+    unknown = [c for c in wanted if c not in section]
+    if unknown:
+        raise UserError(f"{meta_path}: classes {unknown} are not in its '{split}' section "
+                        f"(it has {sorted(section)})")
+    result: dict[str, list[Item]] = {}
+    for cls in wanted:
+        rows = section[cls]
+        if not isinstance(rows, list) or not rows:
+            raise UserError(f"{meta_path}: class '{cls}' of '{split}' has no items")
+        result[cls] = [_item(root, meta_path, split, cls, i, row) for i, row in enumerate(rows)]
+    return result
+
+
+def _item(root: Path, meta_path: Path, split: str, cls: str, index: int, row: object) -> Item:
+    where = f"{meta_path}: {split}/{cls}[{index}]"
+    if not isinstance(row, dict) or any(k not in row for k in ITEM_KEYS):
+        raise UserError(f"{where} is not an item with keys {', '.join(ITEM_KEYS)}: {str(row)[:120]}")
+    if row["anomaly"] not in (0, 1, True, False):
+        raise UserError(f"{where}: 'anomaly' must be 0 or 1, got {row['anomaly']!r}")
+    if not isinstance(row["img_path"], str) or not row["img_path"]:
+        raise UserError(f"{where}: 'img_path' must be a non-empty path")
+    mask = row["mask_path"]
+    if not isinstance(mask, str):
+        raise UserError(f"{where}: 'mask_path' must be a string ('' for none)")
+    return Item(image=root / row["img_path"], mask=root / mask if mask else None,
+                cls_name=str(row["cls_name"]), specie_name=str(row["specie_name"]), anomaly=int(row["anomaly"]))
+
+
+def has_masks(items: list[Item]) -> bool:
+    """True when every anomalous item has a mask (pixel metrics and training need them)."""
+    return all(item.mask is not None for item in items if item.anomaly)
+
+
+class CanvasDataset(Dataset):
+    """Items as model-ready canvases: uint8 (3, T, T) image, bool (T, T) mask, label.
+
+    Decoding and resizing happen here, in DataLoader workers; everything after
+    runs batched on the device.
+    """
+
+    def __init__(self, items: list[Item], canvas_size: int, with_masks: bool = True) -> None:
+        self.items = items
+        self.size = canvas_size
+        self.with_masks = with_masks
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        item = self.items[index]
+        img = load_rgb(item.image)
+        sample = {"image": to_canvas(img, self.size), "label": item.anomaly, "index": index}
+        if self.with_masks:
+            if item.mask is not None:
+                mask = load_mask(item.mask)
+                if mask.shape != (img.height, img.width):
+                    raise UserError(f"mask {item.mask} is {mask.shape[1]}x{mask.shape[0]} but its image "
+                                    f"{item.image} is {img.width}x{img.height}")
+            else:
+                mask = np.zeros((img.height, img.width), dtype=bool)
+            sample["mask"] = resize_mask(mask, self.size)
+        return sample

@@ -1,0 +1,165 @@
+"""Zero-shot testing (SPEC §5, §6, §10): batched inference, per-class metrics, tables and results.json."""
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tabulate import tabulate
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from .checkpoint import load_prompts, read_checkpoint, save_json
+from .cli import build_model
+from .data import CanvasDataset, Item, has_masks, read_meta
+from .errors import UserError
+from .maps import gaussian_blur, image_scores, minmax_normalize
+from .metrics import image_metrics, legacy_aupro, pixel_metrics
+from .model import DHRCLIP
+from .runtime import autocast, resolve_device, resolve_precision, seed_everything
+from .training import plain_config
+
+log = logging.getLogger(__name__)
+
+METRIC_NAMES = ("pixel_auroc", "pixel_aupro", "pixel_f1max", "pixel_ap", "image_auroc", "image_ap", "image_f1max")
+
+
+@dataclass
+class Predictions:
+    """Everything inference produced for a list of items, in item order."""
+
+    maps: np.ndarray     # (N, T, T) float16, smoothed and (optionally) normalised
+    masks: np.ndarray | None  # (N, T, T) bool
+    scores: np.ndarray   # (N,) float32 image scores
+    labels: np.ndarray   # (N,) int
+
+
+def postprocess(raw: torch.Tensor, sigma: float, map_norm: str) -> torch.Tensor:
+    """Gaussian smoothing then (by default) per-image min-max normalisation, on the maps' device."""
+    maps = gaussian_blur(raw.float(), sigma)
+    return minmax_normalize(maps) if map_norm == "per-image" else maps
+
+
+@torch.no_grad()
+def predict_items(model: DHRCLIP, items: list[Item], args: argparse.Namespace, device: torch.device,
+                  dtype: torch.dtype, with_masks: bool, desc: str = "testing") -> Predictions:
+    """Run the model over ``items`` in batches; one host copy per batch, none per image."""
+    model.eval()
+    with autocast(device, dtype):
+        text = model.text_features().float()
+    t = model.config.target_image_size
+    n = len(items)
+    out = Predictions(maps=np.empty((n, t, t), np.float16), masks=np.empty((n, t, t), bool) if with_masks else None,
+                      scores=np.empty(n, np.float32), labels=np.array([i.anomaly for i in items]))
+    loader = DataLoader(CanvasDataset(items, t, with_masks), batch_size=args.batch_size,
+                        num_workers=args.num_workers, pin_memory=device.type == "cuda")
+    for batch in tqdm(loader, desc=desc, unit="batch", disable=None):
+        images = batch["image"].to(device, non_blocking=True)
+        with autocast(device, dtype):
+            feats = model.encode_views(images)
+        maps = postprocess(model.anomaly_maps(feats, text), args.sigma, args.map_norm)
+        scores = image_scores(model.image_logits(feats, text))
+        finite = torch.isfinite(maps).flatten(1).all(dim=1) & torch.isfinite(scores)
+        index = batch["index"]
+        if not bool(finite.all()):
+            bad = items[int(index[int((~finite).nonzero()[0])])].image
+            raise UserError(f"the anomaly map of {bad} contains NaN or Inf; try --precision fp32")
+        out.maps[index] = maps.half().cpu().numpy()
+        out.scores[index] = scores.cpu().numpy()
+        if with_masks:
+            out.masks[index] = batch["mask"].numpy()
+    return out
+
+
+def class_metrics(pred: Predictions, pixel: bool, image: bool, aupro_mode: str) -> dict[str, float | None]:
+    """All seven metrics of one class; None for those not asked for or undefined."""
+    result: dict[str, float | None] = dict.fromkeys(METRIC_NAMES)
+    if pixel and pred.masks is not None:
+        px = pixel_metrics(pred.masks, pred.maps)
+        if aupro_mode == "legacy":
+            px["aupro"] = legacy_aupro(pred.masks, pred.maps)
+        result.update({f"pixel_{k}": v for k, v in px.items()})
+    if image:
+        result.update({f"image_{k}": v for k, v in image_metrics(pred.labels, pred.scores).items()})
+    return result
+
+
+def mean_metrics(per_class: dict[str, dict[str, float | None]]) -> dict[str, float | None]:
+    """Mean over the classes where each metric is defined."""
+    mean: dict[str, float | None] = {}
+    for name in METRIC_NAMES:
+        values = [m[name] for m in per_class.values() if m[name] is not None]
+        mean[name] = float(np.mean(values)) if values else None
+    return mean
+
+
+def format_table(per_class: dict[str, dict], mean: dict, names: list[str]) -> str:
+    """Per-class table with a mean row, percentages to one decimal, n/a where undefined."""
+    def cell(v: float | None) -> str:
+        return "n/a" if v is None else f"{100 * v:.1f}"
+    rows = [[cls, *(cell(per_class[cls][n]) for n in names)] for cls in per_class]
+    rows.append(["mean", *(cell(mean[n]) for n in names)])
+    return tabulate(rows, headers=["objects", *names], tablefmt="pipe")
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+    """test.py: zero-shot evaluation of a prompt checkpoint on ``args.data_path``."""
+    seed_everything(args.seed)
+    device = resolve_device(args.device)
+    dtype = resolve_precision(args.precision, device)
+    data_path = Path(args.data_path or f"./data/{args.dataset}")
+    by_class = read_meta(data_path, "test", args.classes)
+    checkpoint = read_checkpoint(Path(args.checkpoint_path))
+    want_pixel = args.metrics in ("pixel-level", "image-pixel-level")
+    want_image = args.metrics in ("image-level", "image-pixel-level")
+    items = [item for cls in by_class for item in by_class[cls]]
+    masks_known = has_masks(items)
+    if want_pixel and not masks_known:
+        log.warning("%s has anomalous images without masks: reporting image-level metrics only", data_path)
+        want_pixel = False
+
+    model = build_model(args, device)
+    load_prompts(model.prompt_learner, checkpoint)
+    log.info("testing %s on %s (%d images, %d classes) on %s in %s", checkpoint["path"], data_path, len(items),
+             len(by_class), device, str(dtype).removeprefix("torch."))
+    started = time.perf_counter()
+    pred = predict_items(model, items, args, device, dtype, with_masks=want_pixel)
+    inference_s = time.perf_counter() - started
+
+    per_class: dict[str, dict[str, float | None]] = {}
+    start = 0
+    for cls, cls_items in tqdm(by_class.items(), desc="metrics", unit="class", disable=None):
+        part = slice(start, start + len(cls_items))
+        start += len(cls_items)
+        sub = Predictions(pred.maps[part], pred.masks[part] if pred.masks is not None else None,
+                          pred.scores[part], pred.labels[part])
+        per_class[cls] = class_metrics(sub, want_pixel, want_image, args.aupro)
+        if args.vis:
+            from .visualize import save_test_figures
+            save_test_figures(Path(args.save_path) / "vis" / cls, cls_items, sub)
+    mean = mean_metrics(per_class)
+    metrics_s = time.perf_counter() - started - inference_s
+
+    names = [n for n in METRIC_NAMES if (want_pixel and n.startswith("pixel")) or (want_image and n.startswith("image"))]
+    table = format_table(per_class, mean, names)
+    print(table)
+    save_path = Path(args.save_path)
+    save_path.mkdir(parents=True, exist_ok=True)
+    with open(save_path / "log.txt", "a") as handle:
+        handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {args.dataset} {checkpoint['path']}\n{table}\n")
+    results = {
+        "dataset": args.dataset,
+        "checkpoint": checkpoint["path"],
+        "config": plain_config(args),
+        "classes": per_class,
+        "mean": mean,
+        "timing": {"images": len(items), "inference_s": inference_s, "metrics_s": metrics_s},
+    }
+    save_json(save_path / "results.json", results)
+    log.info("%d images: inference %.1f s (%.1f images/s), metrics %.1f s; results in %s", len(items), inference_s,
+             len(items) / inference_s, metrics_s, save_path / "results.json")
+    return results

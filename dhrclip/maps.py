@@ -1,0 +1,86 @@
+"""From view features to anomaly maps and image scores (SPEC §5, §6)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .tiling import TileGrid
+
+TEMPERATURE = 0.07
+
+
+def token_probabilities(tokens: torch.Tensor, text: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(B, 1 + N, E) tokens vs (2, E) text -> (B, 2, rows, cols) softmax of {normal, anomalous}."""
+    patches = F.normalize(tokens[:, 1:].float(), dim=-1)
+    probs = (patches @ text.float().t() / TEMPERATURE).softmax(dim=-1)
+    return probs.transpose(1, 2).reshape(tokens.shape[0], 2, *grid)
+
+
+def combine_views(global_probs: torch.Tensor, tile_probs: torch.Tensor, tiles: TileGrid,
+                  alpha: float) -> torch.Tensor:
+    """Upsample, stitch and mix one layer's maps (SPEC §5 steps 2-4).
+
+    global_probs: (B, 2, r, c) on the global view's token grid, shown at size S;
+    tile_probs: (B·g², 2, r', c') on the tiles' grid, shown at size P.
+    Returns (B, 2, T, T): α·global + (1-α)·tiles.
+    """
+    t = tiles.canvas
+    global_map = F.interpolate(global_probs, size=(t, t), mode="bilinear", align_corners=False)
+    tile_maps = F.interpolate(tile_probs, size=(tiles.tile, tiles.tile), mode="bilinear", align_corners=False)
+    return alpha * global_map + (1 - alpha) * tiles.stitch(tile_maps)
+
+
+def anomaly_score_map(layer_maps: list[torch.Tensor]) -> torch.Tensor:
+    """Σ over tapped layers of (p_a + 1 - p_n) / 2, shape (B, T, T)."""
+    return torch.stack([(m[:, 1] + 1 - m[:, 0]) / 2 for m in layer_maps]).sum(dim=0)
+
+
+def _symmetric_indices(size: int, radius: int, device: torch.device) -> torch.Tensor:
+    """Indices that extend an axis by ``radius`` on each side, mirroring about the edge
+    with the edge pixel repeated (scipy.ndimage's 'reflect' mode)."""
+    idx = torch.arange(-radius, size + radius, device=device)
+    period = 2 * size
+    idx = torch.remainder(idx, period)
+    return torch.where(idx >= size, period - 1 - idx, idx)
+
+
+def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian of (B, H, W) maps, equal to ``scipy.ndimage.gaussian_filter``
+    with its defaults (truncate 4, 'reflect' borders), computed on the maps' device."""
+    if sigma <= 0:
+        return maps
+    radius = int(4.0 * sigma + 0.5)
+    x = torch.arange(-radius, radius + 1, device=maps.device, dtype=torch.float64)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    kernel = (kernel / kernel.sum()).to(maps.dtype)
+    out = maps.unsqueeze(1)
+    h, w = maps.shape[-2:]
+    out = out[..., _symmetric_indices(h, radius, maps.device), :]
+    out = F.conv2d(out, kernel.view(1, 1, -1, 1))
+    out = out[..., _symmetric_indices(w, radius, maps.device)]
+    out = F.conv2d(out, kernel.view(1, 1, 1, -1))
+    return out.squeeze(1)
+
+
+def minmax_normalize(maps: torch.Tensor) -> torch.Tensor:
+    """Scale each (H, W) map of a (B, H, W) batch to [0, 1]; a constant map becomes zeros."""
+    flat = maps.flatten(1)
+    low = flat.min(dim=1).values.view(-1, 1, 1)
+    span = (flat.max(dim=1).values.view(-1, 1, 1) - low)
+    return torch.where(span > 0, (maps - low) / span.clamp_min(torch.finfo(maps.dtype).tiny), torch.zeros_like(maps))
+
+
+def image_logits(global_embedding: torch.Tensor, tile_embedding: torch.Tensor, text: torch.Tensor,
+                 tiles: TileGrid, alpha: float) -> torch.Tensor:
+    """(B, 2) image logits: α·global + (1-α)·mean over tiles, every view's embedding
+    normalised (the reference left tile embeddings raw, SPEC §9d)."""
+    text = text.float()
+    global_logits = F.normalize(global_embedding.float(), dim=-1) @ text.t()
+    tile_logits = (F.normalize(tile_embedding.float(), dim=-1) @ text.t()).unflatten(0, (-1, tiles.count))
+    return alpha * global_logits + (1 - alpha) * tile_logits.mean(dim=1)
+
+
+def image_scores(logits: torch.Tensor) -> torch.Tensor:
+    """P(anomalous) from (B, 2) image logits."""
+    return (logits / TEMPERATURE).softmax(dim=-1)[:, 1]
+

@@ -1,0 +1,7 @@
+"""Write ROOT/meta.json for MPDD (layout: cls/{train,test}/{defect}/img, cls/ground_truth/{defect}/mask)."""
+from _common import mvtec_style_main
+
+from dhrclip.indexing import MPDD_CLASSES
+
+if __name__ == "__main__":
+    mvtec_style_main(__doc__, MPDD_CLASSES)
