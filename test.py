@@ -1,6 +1,6 @@
 """Test DHR-CLIP prompts zero-shot: per-class table, log.txt and results.json."""
-from dhrclip.cli import run, test_parser
+from dhrclip.cli import run, evaluation_parser
 from dhrclip.evaluation import evaluate
 
 if __name__ == "__main__":
-    run(evaluate, test_parser())
+    run(evaluate, evaluation_parser())

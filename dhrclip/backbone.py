@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import pickle
 import socket
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -93,7 +94,9 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
             from safetensors.torch import load_file
             state = load_file(str(path))
         elif _is_jit_archive(path):
-            state = torch.jit.load(str(path), map_location="cpu").state_dict()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, OpenAI's files are not
+                state = torch.jit.load(str(path), map_location="cpu").state_dict()
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -106,7 +109,9 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise UserError(f"{path} does not hold a state dict")
-    state = {k.removeprefix("module."): v for k, v in state.items() if k not in _IGNORED_KEYS}
+    # attn_mask is a derived causal mask that JIT archives carry along; the model rebuilds it.
+    state = {k.removeprefix("module."): v for k, v in state.items()
+             if k not in _IGNORED_KEYS and not k.endswith("attn_mask")}
     missing = [key for key in _REQUIRED_KEYS if key not in state]
     if missing:
         raise UserError(f"{path} is not a CLIP ViT checkpoint (missing {', '.join(missing[:3])})")

@@ -68,7 +68,7 @@ def train_parser() -> argparse.ArgumentParser:
 
 
 
-def test_parser() -> argparse.ArgumentParser:
+def evaluation_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Test DHR-CLIP prompts zero-shot on a dataset: per-class table, log.txt and results.json.")
     p.add_argument("--data_path", type=path_arg, default=None, help="dataset root holding meta.json "
                    "(default ./data/<dataset>)")

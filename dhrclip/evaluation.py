@@ -64,7 +64,7 @@ def predict_items(model: DHRCLIP, items: list[Item], args: argparse.Namespace, d
         maps = postprocess(model.anomaly_maps(feats, text), args.sigma, args.map_norm)
         scores = image_scores(model.image_logits(feats, text))
         finite = torch.isfinite(maps).flatten(1).all(dim=1) & torch.isfinite(scores)
-        index = batch["index"]
+        index = batch["index"].numpy()
         if not bool(finite.all()):
             bad = items[int(index[int((~finite).nonzero()[0])])].image
             raise UserError(f"the anomaly map of {bad} contains NaN or Inf; try --precision fp32")

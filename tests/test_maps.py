@@ -1,0 +1,46 @@
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import gaussian_filter
+
+from dhrclip.maps import combine_views, gaussian_blur, image_logits, image_scores, minmax_normalize
+from dhrclip.tiling import TileGrid
+
+
+@pytest.mark.parametrize("sigma,size", [(8, (64, 48)), (4, (112, 112)), (2.5, (9, 20)), (8, (10, 10))])
+def test_gaussian_blur_equals_scipy(sigma, size):
+    maps = torch.rand(2, *size, dtype=torch.float64)
+    want = np.stack([gaussian_filter(m, sigma) for m in maps.numpy()])
+    assert np.allclose(gaussian_blur(maps, sigma).numpy(), want, atol=1e-10)
+
+
+def test_minmax_per_image_and_constant_map():
+    maps = torch.tensor([[[1.0, 3.0], [2.0, 5.0]], [[4.0, 4.0], [4.0, 4.0]]])
+    out = minmax_normalize(maps)
+    assert torch.allclose(out[0], torch.tensor([[0.0, 0.5], [0.25, 1.0]]))
+    assert torch.equal(out[1], torch.zeros(2, 2))
+
+
+def test_combine_views_mixes_global_and_stitched_tiles():
+    grid = TileGrid(8, 4)
+    g = torch.zeros(1, 2, 2, 2)
+    g[:, 1] = 1.0                      # global view says anomalous everywhere
+    t = torch.zeros(4, 2, 1, 1)
+    t[:, 0] = 1.0                      # tiles say normal everywhere
+    m = combine_views(g, t, grid, alpha=0.75)
+    assert m.shape == (1, 2, 8, 8)
+    assert torch.allclose(m[:, 1], torch.full((1, 8, 8), 0.75))
+    assert torch.allclose(m[:, 0], torch.full((1, 8, 8), 0.25))
+
+
+def test_image_score_normalises_every_view_by_hand():
+    grid = TileGrid(4, 2)
+    text = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    glob = torch.tensor([[3.0, 4.0]])                         # normalised: (0.6, 0.8)
+    tiles = torch.tensor([[10.0, 0.0], [0.0, 5.0], [1.0, 1.0], [0.0, 2.0]])
+    tile_logits = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.5 ** 0.5, 0.5 ** 0.5], [0.0, 1.0]]).mean(0)
+    mixed = 0.75 * torch.tensor([0.6, 0.8]) + 0.25 * tile_logits
+    logits = image_logits(glob, tiles, text, grid, 0.75)
+    assert torch.allclose(logits[0], mixed, atol=1e-6)
+    want = torch.softmax(mixed / 0.07, 0)[1]
+    assert torch.allclose(image_scores(logits)[0], want, atol=1e-6)

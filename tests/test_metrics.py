@@ -1,0 +1,162 @@
+"""Metrics against brute force: every threshold enumerated, regions by a plain flood fill."""
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
+
+from dhrclip.metrics import aupro, image_metrics, legacy_aupro, pixel_metrics
+
+
+def flood_regions(mask):
+    """8-connected regions of a 2-D bool mask, as lists of (y, x)."""
+    seen = np.zeros_like(mask, dtype=bool)
+    regions = []
+    for y0, x0 in zip(*np.nonzero(mask)):
+        if seen[y0, x0]:
+            continue
+        stack, region = [(y0, x0)], []
+        seen[y0, x0] = True
+        while stack:
+            y, x = stack.pop()
+            region.append((y, x))
+            for dy in (-1, 0, 1):
+                for dx in (-1, 0, 1):
+                    ny, nx = y + dy, x + dx
+                    if 0 <= ny < mask.shape[0] and 0 <= nx < mask.shape[1] and mask[ny, nx] and not seen[ny, nx]:
+                        seen[ny, nx] = True
+                        stack.append((ny, nx))
+        regions.append(region)
+    return regions
+
+
+def brute_aupro(masks, maps, limit=0.3):
+    maps = maps.astype(np.float64)
+    regions = [(i, r) for i, m in enumerate(masks) for r in flood_regions(m)]
+    normal = ~masks
+    fpr, pro = [0.0], [0.0]
+    for t in sorted(set(maps.ravel().tolist()), reverse=True):
+        pred = maps >= t
+        fpr.append((pred & normal).sum() / normal.sum())
+        pro.append(np.mean([np.mean([pred[i][y, x] for y, x in r]) for i, r in regions]))
+    area = 0.0
+    for k in range(1, len(fpr)):
+        x0, x1, y0, y1 = fpr[k - 1], fpr[k], pro[k - 1], pro[k]
+        if x0 >= limit:
+            break
+        if x1 > limit:
+            y1 = y0 + (y1 - y0) * (limit - x0) / (x1 - x0)
+            x1 = limit
+        area += (x1 - x0) * (y0 + y1) / 2
+    return area / limit
+
+
+def brute_f1max(y, s):
+    best = 0.0
+    for t in set(s.tolist()):
+        pred = s >= t
+        tp, fp, fn = (pred & y).sum(), (pred & ~y).sum(), (~pred & y).sum()
+        best = max(best, 2 * tp / (2 * tp + fp + fn))
+    return best
+
+
+def random_case(seed, n=3, h=12, w=14, levels=None):
+    rng = np.random.default_rng(seed)
+    masks = np.zeros((n, h, w), bool)
+    for i in range(n - 1):  # the last image stays normal
+        for _ in range(rng.integers(1, 4)):
+            y, x = rng.integers(0, h - 2), rng.integers(0, w - 2)
+            masks[i, y:y + rng.integers(1, 4), x:x + rng.integers(1, 4)] = True
+    masks[0, 0, 0] = True  # a single-pixel region at a corner
+    maps = rng.random((n, h, w)) + 0.4 * masks
+    if levels:
+        maps = np.round(maps * levels) / levels  # many ties
+    return masks, maps.astype(np.float32)
+
+
+@pytest.mark.parametrize("seed,levels", [(0, None), (1, None), (2, 7), (3, 3), (4, 20)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_pixel_metrics_match_brute_force(seed, levels, dtype):
+    masks, maps = random_case(seed, levels=levels)
+    maps = maps.astype(dtype)
+    got = pixel_metrics(masks, maps)
+    y, s = masks.ravel(), maps.ravel().astype(np.float64)
+    assert got["auroc"] == pytest.approx(roc_auc_score(y, s), abs=1e-9)
+    assert got["ap"] == pytest.approx(average_precision_score(y, s), abs=1e-9)
+    assert got["f1max"] == pytest.approx(brute_f1max(y, s), abs=1e-9)
+    assert got["aupro"] == pytest.approx(brute_aupro(masks, maps), abs=1e-9)
+    assert aupro(masks, maps) == pytest.approx(got["aupro"], abs=1e-12)
+
+
+def test_aupro_is_invariant_under_monotone_transforms_and_outliers():
+    masks, maps = random_case(5)
+    base = aupro(masks, maps.astype(np.float64))
+    assert aupro(masks, np.exp(3 * maps.astype(np.float64))) == pytest.approx(base, abs=1e-9)
+    outlier = maps.astype(np.float64).copy()
+    outlier[2, 0, 0] = 1e6  # a single normal pixel far above the rest
+    assert aupro(masks, outlier) == pytest.approx(brute_aupro(masks, outlier), abs=1e-9)
+
+
+def test_constant_maps_and_empty_masks():
+    masks, _ = random_case(6)
+    const = np.full(masks.shape, 0.5, np.float32)
+    got = pixel_metrics(masks, const)
+    assert got["auroc"] == pytest.approx(0.5)
+    assert got["aupro"] == pytest.approx(brute_aupro(masks, const), abs=1e-9)
+    none = pixel_metrics(np.zeros_like(masks), const)
+    assert none == {"auroc": None, "aupro": None, "f1max": None, "ap": None}
+    all_anomalous = pixel_metrics(np.ones_like(masks), const)
+    assert all_anomalous["auroc"] is None and all_anomalous["aupro"] is None
+
+
+def test_negative_zero_and_positive_zero_are_one_threshold_in_float16():
+    masks = np.array([[[True, False, False, True]]])
+    maps = np.array([[[0.0, -0.0, 0.5, -0.0]]], np.float16)
+    assert pixel_metrics(masks, maps)["auroc"] == pytest.approx(roc_auc_score(masks.ravel(), [0, 0, 0.5, 0]))
+
+
+def test_nan_in_a_map_is_an_error_naming_the_image():
+    masks, maps = random_case(7)
+    maps[1, 3, 3] = np.nan
+    with pytest.raises(ValueError, match="map 1"):
+        pixel_metrics(masks, maps)
+
+
+def test_image_metrics_and_undefined_cases():
+    labels = np.array([0, 0, 1, 1, 1, 0])
+    scores = np.array([0.1, 0.4, 0.35, 0.8, 0.4, 0.2])
+    got = image_metrics(labels, scores)
+    assert got["auroc"] == pytest.approx(roc_auc_score(labels, scores))
+    assert got["ap"] == pytest.approx(average_precision_score(labels, scores))
+    p, r, _ = precision_recall_curve(labels, scores)
+    assert got["f1max"] == pytest.approx(np.max(2 * p * r / np.maximum(p + r, 1e-12)))
+    only_normal = image_metrics(np.zeros(3), np.array([0.1, 0.2, 0.3]))
+    assert only_normal == {"auroc": None, "ap": None, "f1max": None}
+    assert image_metrics(np.ones(3), np.array([0.1, 0.2, 0.3]))["auroc"] is None
+
+
+def reference_legacy_loop(masks, amaps, max_step=200, expect_fpr=0.3):
+    """The reference implementation's AUPRO loop, written as it does it: re-label at every threshold."""
+    from skimage import measure
+    from sklearn.metrics import auc
+    binary = np.zeros_like(amaps, dtype=bool)
+    lo, hi = amaps.min(), amaps.max()
+    delta = (hi - lo) / max_step
+    pros, fprs = [], []
+    for th in np.arange(lo, hi, delta):
+        binary[amaps <= th], binary[amaps > th] = 0, 1
+        pro = []
+        for b, m in zip(binary, masks):
+            for region in measure.regionprops(measure.label(m)):
+                pro.append(b[region.coords[:, 0], region.coords[:, 1]].sum() / region.area)
+        inverse = 1 - masks
+        fprs.append(np.logical_and(inverse, binary).sum() / inverse.sum())
+        pros.append(np.array(pro).mean())
+    pros, fprs = np.array(pros), np.array(fprs)
+    keep = fprs < expect_fpr
+    fprs = fprs[keep]
+    fprs = (fprs - fprs.min()) / (fprs.max() - fprs.min())
+    return auc(fprs, pros[keep])
+
+
+def test_legacy_aupro_reproduces_the_reference_loop():
+    masks, maps = random_case(8, n=4, h=20, w=20)
+    assert legacy_aupro(masks, maps) == pytest.approx(reference_legacy_loop(masks.astype(np.uint8), maps), abs=1e-12)

@@ -1,0 +1,120 @@
+"""End to end: test.py against the independent SPEC implementation, batch invariance, training."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import SMALL
+from dhrclip.checkpoint import read_checkpoint
+from dhrclip.cli import build_model, evaluation_parser, train_parser
+from dhrclip.data import read_meta
+from dhrclip.evaluation import evaluate, predict_items
+from dhrclip.training import train
+from spec_reference import slow_image, slow_pixel_metrics, slow_text
+
+
+def reference_checkpoint(path, width=64, n_ctx=6, depth=3, t_n_ctx=2, seed=7):
+    """A prompt checkpoint in the reference/AnomalyCLIP layout, unused tensors included."""
+    g = torch.Generator().manual_seed(seed)
+    state = {
+        "ctx_pos": torch.randn(1, 1, n_ctx, width, generator=g) * 0.5,
+        "ctx_neg": torch.randn(1, 1, n_ctx, width, generator=g) * 0.5,
+        "token_prefix_pos": torch.zeros(1, 1, 1, width),
+        "token_suffix_neg": torch.zeros(1, 1, 70, width),
+    }
+    for i in range(depth - 1):
+        state[f"compound_prompts_text.{i}"] = torch.randn(t_n_ctx, width, generator=g) * 0.5
+        state[f"compound_prompt_projections.{i}.weight"] = torch.randn(896, width, generator=g)
+        state[f"compound_prompt_projections.{i}.bias"] = torch.zeros(896)
+    torch.save({"prompt_learner": state}, path)
+    return state
+
+
+def test_test_py_agrees_with_independent_spec_implementation(tmp_path, clip_file, target_data):
+    ckpt = tmp_path / "epoch_15.pth"
+    state = reference_checkpoint(ckpt)
+    argv = ["--data_path", str(target_data), "--save_path", str(tmp_path / "out"), "--checkpoint_path", str(ckpt),
+            "--pretrained", str(clip_file), *SMALL]
+    results = evaluate(evaluation_parser().parse_args(argv))
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["classes"].keys() == results["classes"].keys() == {"checker", "ring"}
+    assert set(saved["mean"]) == {"pixel_auroc", "pixel_aupro", "pixel_f1max", "pixel_ap",
+                                  "image_auroc", "image_ap", "image_f1max"}
+
+    model = build_model(evaluation_parser().parse_args(argv), torch.device("cpu"))
+    clip = model.clip
+    with torch.no_grad():
+        text = slow_text(clip, state["ctx_pos"][0, 0], state["ctx_neg"][0, 0],
+                         [state[f"compound_prompts_text.{i}"] for i in range(2)])
+        for cls, items in read_meta(target_data, "test").items():
+            maps, masks, scores = [], [], []
+            for item in items:
+                m, s = slow_image(clip, text, item.image, S=56, P=70, T=112, layers=[2, 4], dpam=3)
+                maps.append(m)
+                scores.append(s)
+                from dhrclip.data import load_mask, resize_mask
+                mask = load_mask(item.mask).astype(bool) if item.mask else np.zeros(m.shape, bool)
+                masks.append(resize_mask(mask, 112).numpy() if item.mask else mask)
+            want = slow_pixel_metrics(np.stack(masks), np.stack(maps))
+            for name, value in want.items():
+                assert saved["classes"][cls][name] == pytest.approx(value, abs=0.005), (cls, name)
+
+
+def test_batch_size_does_not_change_maps_or_scores(clip_file, target_data):
+    items = [i for v in read_meta(target_data, "test").values() for i in v]
+    outputs = []
+    for batch in ("1", "5"):
+        args = evaluation_parser().parse_args(["--pretrained", str(clip_file), *SMALL, "--batch_size", batch])
+        torch.manual_seed(0)
+        model = build_model(args, torch.device("cpu"))
+        outputs.append(predict_items(model, items, args, torch.device("cpu"), torch.float32, with_masks=True))
+    one, many = outputs
+    assert np.allclose(one.maps.astype(np.float32), many.maps.astype(np.float32), atol=1e-3)  # float16 storage
+    assert np.allclose(one.scores, many.scores, atol=1e-5)
+    assert np.array_equal(one.masks, many.masks)
+
+
+def test_encoding_batched_equals_one_by_one(clip_file):
+    args = evaluation_parser().parse_args(["--pretrained", str(clip_file), *SMALL])
+    model = build_model(args, torch.device("cpu"))
+    canvas = torch.randint(0, 256, (3, 3, 112, 112), dtype=torch.uint8)
+    text = model.text_features()
+    together = model.anomaly_maps(model.encode_views(canvas), text)
+    alone = torch.cat([model.anomaly_maps(model.encode_views(canvas[i:i + 1]), text) for i in range(3)])
+    assert torch.allclose(together, alone, atol=1e-5)
+
+
+def train_args(tmp_path, clip_file, source_data, *extra):
+    return train_parser().parse_args(["--train_data_path", str(source_data), "--save_path", str(tmp_path),
+                                      "--pretrained", str(clip_file), "--epoch", "3", *SMALL, *extra])
+
+
+def test_feature_cache_modes_give_the_same_losses(tmp_path, clip_file, source_data):
+    losses = {mode: train(train_args(tmp_path / mode, clip_file, source_data, "--feature_cache", mode))
+              for mode in ("off", "memory", "disk")}
+    assert len(losses["off"]) == 3 and losses["off"][2] < losses["off"][0]
+    assert np.allclose(losses["memory"], losses["off"], rtol=1e-5)
+    assert np.allclose(losses["disk"], losses["off"], rtol=1e-5)
+    assert not (tmp_path / "disk" / "feature_cache").exists()
+
+
+def test_resume_reaches_the_same_state_as_an_uninterrupted_run(tmp_path, clip_file, source_data):
+    full = train(train_args(tmp_path / "full", clip_file, source_data))
+    first = train(train_args(tmp_path / "part", clip_file, source_data, "--epoch", "2"))
+    rest = train(train_args(tmp_path / "part", clip_file, source_data, "--resume", str(tmp_path / "part")))
+    assert np.allclose(first + rest, full, rtol=1e-6)
+    a = read_checkpoint(tmp_path / "full" / "epoch_3.pth")["prompt_learner"]
+    b = read_checkpoint(tmp_path / "part" / "epoch_3.pth")["prompt_learner"]
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_trained_checkpoint_is_tested_end_to_end(tmp_path, clip_file, source_data, target_data):
+    train(train_args(tmp_path / "ckpt", clip_file, source_data, "--epoch", "2"))
+    ckpt = read_checkpoint(tmp_path / "ckpt")
+    assert ckpt["epoch"] == 2 and ckpt["config"]["depth"] == 3
+    argv = ["--data_path", str(target_data), "--save_path", str(tmp_path / "res"), "--checkpoint_path",
+            str(tmp_path / "ckpt"), "--pretrained", str(clip_file), *SMALL]
+    results = evaluate(evaluation_parser().parse_args(argv))
+    assert all(0.0 <= v <= 1.0 for v in results["mean"].values())
+    assert "mean" in (tmp_path / "res" / "log.txt").read_text()
