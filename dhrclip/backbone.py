@@ -7,14 +7,18 @@ everything else with ``torch.load(weights_only=True)`` or safetensors.
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 import socket
 import warnings
 import zipfile
 from pathlib import Path
+from urllib.parse import urlparse
 
 import open_clip
 import torch
+from huggingface_hub import try_to_load_from_cache
+from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 from open_clip.pretrained import download_pretrained, get_pretrained_cfg, list_pretrained_tags_by_model
 
@@ -52,28 +56,57 @@ def load_clip(model_name: str = DEFAULT_MODEL, pretrained: str = "openai") -> CL
     return model.float()
 
 
+def _reachable(host: str, timeout: float = 5.0) -> bool:
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _cached(cfg: dict) -> Path | None:
+    """A copy of the tag's weights already in open_clip's or Hugging Face's cache."""
+    hub = cfg.get("hf_hub", "")
+    if hub:
+        repo, filename = os.path.split(hub.rstrip("/")) if not hub.endswith("/") else (hub.rstrip("/"), "")
+        for name in ([filename] if filename else [HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME]):
+            found = try_to_load_from_cache(repo, name)
+            if isinstance(found, str):
+                return Path(found)
+    url = cfg.get("url", "")
+    local = Path("~/.cache/clip").expanduser() / Path(urlparse(url).path).name if url else None
+    return local if local and local.is_file() else None
+
+
 def _download(model_name: str, tag: str) -> Path:
-    """Fetch (or find in open_clip's cache) the weights for an open_clip tag, failing fast offline."""
+    """Weights for an open_clip tag: from the cache, else downloaded; fails at once when offline."""
     cfg = get_pretrained_cfg(model_name, tag)
     if not cfg:
         tags = ", ".join(list_pretrained_tags_by_model(model_name)) or "none"
         raise UserError(f"--pretrained {tag}: not a weights file, and not an open_clip tag of {model_name} "
                         f"(its tags: {tags})")
-    url = cfg.get("url") or ""
-    fetch = Path(url).name if url else cfg.get("hf_hub", "")
+    url = cfg.get("url", "")
+    fetch = Path(urlparse(url).path).name if url else cfg.get("hf_hub", "")
+    advice = (f"download {url or fetch} where there is internet and pass --pretrained /path/to/"
+              f"{Path(fetch).name or 'weights'}")
+    host = os.environ.get("HF_ENDPOINT", "https://huggingface.co") if cfg.get("hf_hub") else url
+    if not _reachable(urlparse(host).hostname or host):
+        cached = _cached(cfg)
+        if cached is None:
+            raise UserError(f"the '{tag}' weights of {model_name} are not cached and {urlparse(host).hostname} "
+                            f"cannot be reached; {advice}")
+        return cached
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(_DOWNLOAD_TIMEOUT_S)
     try:
         target = download_pretrained(cfg)
     except Exception as exc:  # network stacks raise many types; all mean "not available"
-        raise UserError(
-            f"could not obtain the '{tag}' weights of {model_name} ({type(exc).__name__}: {str(exc)[:120]}); "
-            f"download {fetch} on a machine with internet and pass --pretrained /path/to/{Path(fetch).name or 'weights'}"
-        ) from exc
+        raise UserError(f"could not download the '{tag}' weights of {model_name} ({type(exc).__name__}); "
+                        f"{advice}") from exc
     finally:
         socket.setdefaulttimeout(previous)
     if not target:
-        raise UserError(f"open_clip has no download for '{tag}' of {model_name}; pass --pretrained /path/to/weights")
+        raise UserError(f"open_clip has no download for '{tag}' of {model_name}; {advice}")
     return Path(target)
 
 

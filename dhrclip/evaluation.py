@@ -22,6 +22,7 @@ from .metrics import image_metrics, legacy_aupro, pixel_metrics
 from .model import DHRCLIP
 from .runtime import autocast, resolve_device, resolve_precision, seed_everything
 from .training import plain_config
+from .visualize import save_test_figures
 
 log = logging.getLogger(__name__)
 
@@ -139,8 +140,7 @@ def evaluate(args: argparse.Namespace) -> dict:
                           pred.scores[part], pred.labels[part])
         per_class[cls] = class_metrics(sub, want_pixel, want_image, args.aupro)
         if args.vis:
-            from .visualize import save_test_figures
-            save_test_figures(Path(args.save_path) / "vis" / cls, cls_items, sub)
+            save_test_figures(Path(args.save_path) / "vis" / cls, cls_items, sub.maps, sub.masks, sub.scores)
     mean = mean_metrics(per_class)
     metrics_s = time.perf_counter() - started - inference_s
 

@@ -61,6 +61,7 @@ def test_unreachable_tag_fails_fast_with_instructions(monkeypatch):
     def offline(*args, **kwargs):
         raise OSError("network unreachable")
     monkeypatch.setattr(backbone, "download_pretrained", offline)
+    monkeypatch.setattr(backbone, "_reachable", lambda host, timeout=5.0: True)
     started = time.perf_counter()
     with pytest.raises(UserError, match="ViT-L-14-336px.pt.*--pretrained"):
         load_clip("ViT-L-14-336-quickgelu", "openai")
@@ -96,3 +97,16 @@ def test_crafted_pickle_weights_are_refused_without_running(tmp_path):
     with pytest.raises(UserError, match="refused"):
         load_clip(pretrained=str(tmp_path / "evil.pt"))
     assert not (tmp_path / "pwned").exists()
+
+
+def test_offline_tag_without_cache_fails_at_once(monkeypatch):
+    monkeypatch.setattr(backbone, "_reachable", lambda host, timeout=5.0: False)
+    monkeypatch.setattr(backbone, "_cached", lambda cfg: None)
+    with pytest.raises(UserError, match="cannot be reached.*--pretrained /path/to/ViT-L-14-336px.pt"):
+        load_clip("ViT-L-14-336-quickgelu", "openai")
+
+
+def test_offline_tag_uses_a_cached_copy(monkeypatch, clip_file):
+    monkeypatch.setattr(backbone, "_reachable", lambda host, timeout=5.0: False)
+    monkeypatch.setattr(backbone, "_cached", lambda cfg: clip_file)
+    assert len(load_clip("ViT-L-14-336-quickgelu", "openai").visual.transformer.resblocks) == 4
