@@ -34,8 +34,11 @@ def _append_log(save_path: Path, line: str) -> None:
         handle.write(line + "\n")
 
 
-def train(args: argparse.Namespace) -> list[float]:
-    """Train the prompts on ``args.train_data_path``; returns the mean loss of each epoch run."""
+def train(args: argparse.Namespace) -> list[dict]:
+    """Train the prompts on ``args.train_data_path``.
+
+    Returns, for each epoch run: {"epoch", "loss" (mean over steps), "seconds", "images"}.
+    """
     generator = seed_everything(args.seed)
     device = resolve_device(args.device)
     dtype = resolve_precision(args.precision, device)
@@ -69,7 +72,7 @@ def train(args: argparse.Namespace) -> list[float]:
     cache = None if args.feature_cache == "off" else FeatureCache(
         args.feature_cache, len(dataset), device, save_path / "feature_cache")
     tiles = model.tiles.count
-    epoch_losses: list[float] = []
+    history: list[dict] = []
     log.info("training on %d images of %d classes from %s, %d epochs", len(items), len(by_class),
              args.train_data_path, args.epoch)
     try:
@@ -95,8 +98,8 @@ def train(args: argparse.Namespace) -> list[float]:
                 optimizer.step()
                 total, steps = total + loss.item(), steps + 1
             mean = total / max(steps, 1)
-            epoch_losses.append(mean)
             seconds = time.perf_counter() - started
+            history.append({"epoch": epoch, "loss": mean, "seconds": seconds, "images": len(dataset)})
             if epoch % args.print_freq == 0:
                 line = f"epoch [{epoch}/{args.epoch}], loss:{mean:.4f}, {len(dataset) / seconds:.1f} images/s"
                 log.info(line)
@@ -112,7 +115,7 @@ def train(args: argparse.Namespace) -> list[float]:
     finally:
         if cache is not None:
             cache.close()
-    return epoch_losses
+    return history
 
 
 def _batches(model, dataset: CanvasDataset, batches: list[torch.Tensor], cache: FeatureCache | None,

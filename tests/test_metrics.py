@@ -4,6 +4,7 @@ import pytest
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
 from dhrclip.metrics import aupro, image_metrics, legacy_aupro, pixel_metrics
+from scripts.bench_metrics import reference_metric_step
 
 
 def flood_regions(mask):
@@ -133,30 +134,6 @@ def test_image_metrics_and_undefined_cases():
     assert image_metrics(np.ones(3), np.array([0.1, 0.2, 0.3]))["auroc"] is None
 
 
-def reference_legacy_loop(masks, amaps, max_step=200, expect_fpr=0.3):
-    """The reference implementation's AUPRO loop, written as it does it: re-label at every threshold."""
-    from skimage import measure
-    from sklearn.metrics import auc
-    binary = np.zeros_like(amaps, dtype=bool)
-    lo, hi = amaps.min(), amaps.max()
-    delta = (hi - lo) / max_step
-    pros, fprs = [], []
-    for th in np.arange(lo, hi, delta):
-        binary[amaps <= th], binary[amaps > th] = 0, 1
-        pro = []
-        for b, m in zip(binary, masks):
-            for region in measure.regionprops(measure.label(m)):
-                pro.append(b[region.coords[:, 0], region.coords[:, 1]].sum() / region.area)
-        inverse = 1 - masks
-        fprs.append(np.logical_and(inverse, binary).sum() / inverse.sum())
-        pros.append(np.array(pro).mean())
-    pros, fprs = np.array(pros), np.array(fprs)
-    keep = fprs < expect_fpr
-    fprs = fprs[keep]
-    fprs = (fprs - fprs.min()) / (fprs.max() - fprs.min())
-    return auc(fprs, pros[keep])
-
-
 def test_legacy_aupro_reproduces_the_reference_loop():
     masks, maps = random_case(8, n=4, h=20, w=20)
-    assert legacy_aupro(masks, maps) == pytest.approx(reference_legacy_loop(masks.astype(np.uint8), maps), abs=1e-12)
+    assert legacy_aupro(masks, maps) == pytest.approx(reference_metric_step(masks.astype(np.uint8), maps)[3], abs=1e-12)
