@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import SMALL
-from dhrclip.checkpoint import read_checkpoint
+from dhrclip.checkpoint import load_prompts, read_checkpoint
 from dhrclip.cli import build_model, evaluation_parser, train_parser
 from dhrclip.data import read_meta
 from dhrclip.evaluation import evaluate, predict_items
@@ -122,3 +122,17 @@ def test_trained_checkpoint_is_tested_end_to_end(tmp_path, clip_file, source_dat
     results = evaluate(evaluation_parser().parse_args(argv))
     assert all(0.0 <= v <= 1.0 for v in results["mean"].values())
     assert "mean" in (tmp_path / "res" / "log.txt").read_text()
+
+
+def test_bf16_pixel_auroc_is_within_0_2_points_of_fp32(tmp_path, clip_file, target_data):
+    from dhrclip.metrics import pixel_metrics
+    items = [i for v in read_meta(target_data, "test").values() for i in v]
+    args = evaluation_parser().parse_args(["--pretrained", str(clip_file), *SMALL])
+    model = build_model(args, torch.device("cpu"))
+    reference_checkpoint(tmp_path / "prompts.pth")
+    load_prompts(model.prompt_learner, read_checkpoint(tmp_path / "prompts.pth"))
+    aurocs = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        pred = predict_items(model, items, args, torch.device("cpu"), dtype, with_masks=True)
+        aurocs[dtype] = pixel_metrics(pred.masks, pred.maps)["auroc"]
+    assert abs(aurocs[torch.float32] - aurocs[torch.bfloat16]) <= 0.002

@@ -1,0 +1,30 @@
+"""The benchmark scripts run end to end at toy sizes and print their JSON."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_json(*argv):
+    out = subprocess.run([sys.executable, *argv], cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_bench_metrics_reports_all_fields():
+    result = run_json("scripts/bench_metrics.py", "--size", "48", "--legacy_images", "2")
+    assert set(result) == {"pixels", "seconds_all_metrics", "peak_rss_mb", "legacy_seconds_per_image",
+                           "speedup_vs_legacy"}
+    assert result["pixels"] == 1725 * 48 * 48
+
+
+def test_pipeline_benchmark_runs_on_cpu_with_a_tiny_model(clip_file, tmp_path):
+    result = run_json("scripts/benchmark.py", "--pretrained", str(clip_file), "--image_size", "56",
+                      "--patch_image_size", "70", "--target_image_size", "112", "--features_list", "2", "4",
+                      "--dpam", "3", "--depth", "3", "--images", "8", "--naive_images", "2", "--image_px", "64",
+                      "--batch_size", "4", "--num_workers", "0", "--device", "cpu", "--work_dir", str(tmp_path))
+    for key in ("test_images_per_s", "naive_test_images_per_s", "train_images_per_s_first_epoch",
+                "train_images_per_s_cached"):
+        assert result[key] > 0
+    assert result["device"] == "cpu" and result["precision"] == "float32"
