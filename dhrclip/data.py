@@ -153,7 +153,8 @@ class CanvasDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         item = self.items[index]
         img = load_rgb(item.image)
-        sample = {"image": to_canvas(img, self.size), "label": item.anomaly, "index": index}
+        sample = {"image": to_canvas(img, self.size), "label": item.anomaly, "index": index,
+                  "size": torch.tensor([img.height, img.width])}
         if self.with_masks:
             if item.mask is not None:
                 mask = load_mask(item.mask)

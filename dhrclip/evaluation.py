@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,34 +46,55 @@ def postprocess(raw: torch.Tensor, sigma: float, map_norm: str) -> torch.Tensor:
     return minmax_normalize(maps) if map_norm == "per-image" else maps
 
 
+@dataclass
+class BatchOutput:
+    """One batch of inference results; the maps stay on the device until the consumer copies them."""
+
+    index: np.ndarray            # positions of the batch's items in the item list
+    maps: torch.Tensor           # (B, T, T) float32, on the device
+    scores: np.ndarray           # (B,) image scores
+    sizes: np.ndarray            # (B, 2) original (height, width)
+    masks: np.ndarray | None     # (B, T, T) bool
+
+
 @torch.no_grad()
-def predict_items(model: DHRCLIP, items: list[Item], args: argparse.Namespace, device: torch.device,
-                  dtype: torch.dtype, with_masks: bool, desc: str = "testing") -> Predictions:
-    """Run the model over ``items`` in batches; one host copy per batch, none per image."""
+def iter_predictions(model: DHRCLIP, items: list[Item], args: argparse.Namespace, device: torch.device,
+                     dtype: torch.dtype, with_masks: bool, map_norm: str, desc: str = "testing"
+                     ) -> Iterator[BatchOutput]:
+    """Run the model over ``items`` in batches: views encoded together, maps smoothed and
+    normalised on the device, one host copy per batch and none per image."""
     model.eval()
     with autocast(device, dtype):
         text = model.text_features().float()
-    t = model.config.target_image_size
-    n = len(items)
-    out = Predictions(maps=np.empty((n, t, t), np.float16), masks=np.empty((n, t, t), bool) if with_masks else None,
-                      scores=np.empty(n, np.float32), labels=np.array([i.anomaly for i in items]))
-    loader = DataLoader(CanvasDataset(items, t, with_masks), batch_size=args.batch_size,
-                        num_workers=args.num_workers, pin_memory=device.type == "cuda")
+    loader = DataLoader(CanvasDataset(items, model.config.target_image_size, with_masks),
+                        batch_size=args.batch_size, num_workers=args.num_workers, pin_memory=device.type == "cuda")
     for batch in tqdm(loader, desc=desc, unit="batch", disable=None):
         images = batch["image"].to(device, non_blocking=True)
         with autocast(device, dtype):
             feats = model.encode_views(images)
-        maps = postprocess(model.anomaly_maps(feats, text), args.sigma, args.map_norm)
+        maps = postprocess(model.anomaly_maps(feats, text), args.sigma, map_norm)
         scores = image_scores(model.image_logits(feats, text))
-        finite = torch.isfinite(maps).flatten(1).all(dim=1) & torch.isfinite(scores)
         index = batch["index"].numpy()
+        finite = torch.isfinite(maps).flatten(1).all(dim=1) & torch.isfinite(scores)
         if not bool(finite.all()):
             bad = items[int(index[int((~finite).nonzero()[0])])].image
             raise UserError(f"the anomaly map of {bad} contains NaN or Inf; try --precision fp32")
-        out.maps[index] = maps.half().cpu().numpy()
-        out.scores[index] = scores.cpu().numpy()
+        yield BatchOutput(index=index, maps=maps, scores=scores.cpu().numpy(), sizes=batch["size"].numpy(),
+                          masks=batch["mask"].numpy() if with_masks else None)
+
+
+def predict_items(model: DHRCLIP, items: list[Item], args: argparse.Namespace, device: torch.device,
+                  dtype: torch.dtype, with_masks: bool, desc: str = "testing") -> Predictions:
+    """All maps (float16), masks and scores of ``items``, in item order."""
+    t = model.config.target_image_size
+    n = len(items)
+    out = Predictions(maps=np.empty((n, t, t), np.float16), masks=np.empty((n, t, t), bool) if with_masks else None,
+                      scores=np.empty(n, np.float32), labels=np.array([i.anomaly for i in items]))
+    for batch in iter_predictions(model, items, args, device, dtype, with_masks, args.map_norm, desc):
+        out.maps[batch.index] = batch.maps.half().cpu().numpy()
+        out.scores[batch.index] = batch.scores
         if with_masks:
-            out.masks[index] = batch["mask"].numpy()
+            out.masks[batch.index] = batch.masks
     return out
 
 

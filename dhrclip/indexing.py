@@ -115,3 +115,64 @@ def write_meta(root: Path, meta: dict) -> Path:
         log.info("%s: %d classes, %d images", split, len(by_class), count)
     log.info("wrote %s", path)
     return path
+
+
+def folder_index(root: Path, class_name: str | None = None) -> dict:
+    """Index a plain layout: ``good/`` plus one folder per defect type, masks optional in
+    ``ground_truth/<defect>/<stem>_mask.*`` or ``<stem>.*``.
+
+    ``root`` is one class (named ``class_name`` or after the folder) when it
+    has a ``good/`` folder; otherwise every subfolder with ``good/`` is a class.
+    Everything goes into the ``test`` split.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"dataset root not found: {root}")
+    if any((root / g).is_dir() for g in GOOD_NAMES):
+        class_dirs = {class_name or root.name: root}
+    else:
+        class_dirs = {p.name: p for p in sorted(root.iterdir())
+                      if p.is_dir() and any((p / g).is_dir() for g in GOOD_NAMES)}
+    if not class_dirs:
+        raise UserError(f"{root} has no good/ folder (nor subfolders with one); expected good/ plus a folder "
+                        f"per defect type")
+    meta: dict = {"train": {}, "test": {}}
+    for cls, folder in class_dirs.items():
+        rows = []
+        for sub in sorted(p for p in folder.iterdir() if p.is_dir() and p.name != "ground_truth"):
+            normal = sub.name in GOOD_NAMES
+            for image in images_in(sub):
+                mask = None if normal else find_mask(folder / "ground_truth" / sub.name, image)
+                rows.append(item(root, image, mask, cls, sub.name, 0 if normal else 1))
+        if not rows:
+            raise UserError(f"class folder {folder} holds no images")
+        meta["test"][cls] = rows
+    return meta
+
+
+_LABELS = {"0": 0, "1": 1, "normal": 0, "good": 0, "ok": 0, "anomaly": 1, "anomalous": 1, "bad": 1, "defect": 1,
+           "ng": 1}
+
+
+def csv_index(root: Path, table: Path) -> dict:
+    """Index a CSV with columns ``image,mask,label,class`` (mask may be empty; label 0/1 or
+    normal/anomaly); paths are relative to ``root`` or absolute."""
+    root, table = Path(root), Path(table)
+    if not table.is_file():
+        raise UserError(f"{table} not found")
+    meta: dict = {"train": {}, "test": {}}
+    with open(table, newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = {"image", "mask", "label", "class"} - set(reader.fieldnames or [])
+        if missing:
+            raise UserError(f"{table} lacks the columns {sorted(missing)} (expected image,mask,label,class)")
+        for line, row in enumerate(reader, start=2):
+            label = _LABELS.get(str(row["label"]).strip().lower())
+            if label is None:
+                raise UserError(f"{table}:{line}: label {row['label']!r} is not 0/1 or normal/anomaly")
+            meta["test"].setdefault(row["class"], []).append({
+                "img_path": row["image"], "mask_path": row["mask"] or "", "cls_name": row["class"],
+                "specie_name": "good" if label == 0 else "defect", "anomaly": label})
+    if not meta["test"]:
+        raise UserError(f"{table} lists no images")
+    return meta
