@@ -122,7 +122,7 @@ def run(main: Callable[[argparse.Namespace], object], parser: argparse.ArgumentP
     except UserError as exc:
         if getattr(args, "debug", False):
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         sys.exit(2)
     except torch.cuda.OutOfMemoryError:
         if getattr(args, "debug", False):
@@ -133,6 +133,14 @@ def run(main: Callable[[argparse.Namespace], object], parser: argparse.ArgumentP
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+def one_line(exc: UserError) -> str:
+    """The user's message, also when a DataLoader worker wrapped it in its traceback."""
+    text = str(exc).strip()
+    if "Original Traceback" in text:
+        text = text.splitlines()[-1].split(f"{UserError.__name__}: ", 1)[-1]
+    return text
 
 
 def path_arg(value: str) -> Path:

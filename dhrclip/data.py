@@ -112,7 +112,17 @@ def read_meta(root: Path, split: str = "test", classes: list[str] | None = None)
         if not isinstance(rows, list) or not rows:
             raise UserError(f"{meta_path}: class '{cls}' of '{split}' has no items")
         result[cls] = [_item(root, meta_path, split, cls, i, row) for i, row in enumerate(rows)]
+    _check_files(meta_path, split, result)
     return result
+
+
+def _check_files(meta_path: Path, split: str, by_class: dict[str, list[Item]]) -> None:
+    """Fail before any work starts when a listed image or mask does not exist."""
+    for cls, items in by_class.items():
+        for i, item in enumerate(items):
+            for path, what in ((item.image, "image"), (item.mask, "mask")):
+                if path is not None and not path.is_file():
+                    raise UserError(f"{what} not found: {path} (listed in {meta_path} as {split}/{cls}[{i}])")
 
 
 def _item(root: Path, meta_path: Path, split: str, cls: str, index: int, row: object) -> Item:
