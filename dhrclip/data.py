@@ -33,7 +33,12 @@ def _open(path: Path, what: str) -> Image.Image:
 def _high_bit_depth_to_uint8(img: Image.Image) -> np.ndarray:
     """Scale a 16-bit or 32-bit single-channel image to 8 bits by its value range."""
     arr = np.asarray(img, dtype=np.float64)
-    top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+    if img.mode.startswith("I;16") or arr.max() > 255:
+        top = 65535.0
+    elif img.mode == "F" and arr.max() <= 1.0:
+        top = 1.0  # float images in [0, 1]
+    else:
+        top = 255.0
     return np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 

@@ -283,6 +283,7 @@ def odd_variants(tmp_path):
     add("sixteen.png", Image.fromarray((np.asarray(rgb.convert("L"), np.uint16) * 257)), (30, 50))
     add("cmyk.jpg", rgb.convert("CMYK"), (30, 50), quality=95)
     add("float.tif", Image.fromarray(np.asarray(rgb.convert("L"), np.float32)), (30, 50))
+    add("unit_float.tif", Image.fromarray(np.asarray(rgb.convert("L"), np.float32) / 255), (30, 50))
     exif = Image.Exif()
     exif[0x0112] = 6  # rotated 90°: shown as 50 high, 30 wide
     add("exif_rotated.jpg", rgb, (50, 30), exif=exif)
@@ -295,6 +296,9 @@ def test_odd_images_load_as_rgb_of_the_shown_shape(tmp_path):
     for name, shape in odd_variants(tmp_path).items():
         img = load_rgb(tmp_path / name)
         assert img.mode == "RGB" and (img.height, img.width) == shape, name
+    gray = np.asarray(load_rgb(tmp_path / "gray.png"))
+    for name in ("sixteen.png", "float.tif", "unit_float.tif"):  # same picture at another bit depth
+        assert np.abs(np.asarray(load_rgb(tmp_path / name)).astype(int) - gray).max() <= 1, name
 
 
 def test_odd_images_give_the_same_map_shape_as_a_plain_rgb_copy(tmp_path, clip_file):
