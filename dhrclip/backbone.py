@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import socket
 import warnings
 import zipfile
@@ -22,6 +21,7 @@ from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 from open_clip.pretrained import download_pretrained, get_pretrained_cfg, list_pretrained_tags_by_model
 
+from .checkpoint import safe_torch_load
 from .errors import UserError
 
 log = logging.getLogger(__name__)
@@ -122,22 +122,19 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise UserError(f"weights file not found: {path} (pass --pretrained with an existing file, "
                         f"e.g. OpenAI's ViT-L-14-336px.pt)")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-            state = load_file(str(path))
-        elif _is_jit_archive(path):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, OpenAI's files are not
-                state = torch.jit.load(str(path), map_location="cpu").state_dict()
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise UserError(f"refused to load {path}: it holds objects other than tensors, and loading it could run "
-                        f"code ({str(exc).splitlines()[0][:160]})") from exc
-    except Exception as exc:
-        raise UserError(f"cannot read weights file {path}: corrupt or not a PyTorch/safetensors file "
-                        f"({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})") from exc
+    if path.suffix == ".safetensors" or _is_jit_archive(path):
+        try:
+            if path.suffix == ".safetensors":
+                from safetensors.torch import load_file
+                state = load_file(str(path))
+            else:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, OpenAI's files are not
+                    state = torch.jit.load(str(path), map_location="cpu").state_dict()
+        except Exception as exc:
+            raise UserError(f"cannot read weights file {path}: corrupt ({type(exc).__name__})") from exc
+    else:
+        state = safe_torch_load(path, "weights file")
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

@@ -61,17 +61,22 @@ def resolve_checkpoint(path: Path) -> Path:
     return path
 
 
-def read_checkpoint(path: Path) -> dict:
-    """Load a checkpoint with ``weights_only=True``: tensors and plain containers only,
-    so a crafted file cannot run code when it is opened."""
-    path = resolve_checkpoint(path)
+def safe_torch_load(path: Path, what: str) -> Any:
+    """``torch.load`` with ``weights_only=True``: tensors and plain containers only, so a
+    crafted file is refused and cannot run code when it is opened."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise UserError(f"refused to load {path}: it holds objects other than tensors and plain data, "
                         f"and loading it could run code") from exc
     except Exception as exc:
-        raise UserError(f"cannot read checkpoint {path}: corrupt or not a PyTorch file ({type(exc).__name__})") from exc
+        raise UserError(f"cannot read {what} {path}: corrupt or not a PyTorch file ({type(exc).__name__})") from exc
+
+
+def read_checkpoint(path: Path) -> dict:
+    """Load a prompt checkpoint (file, or the latest in a folder) without running code."""
+    path = resolve_checkpoint(path)
+    state = safe_torch_load(path, "checkpoint")
     if not isinstance(state, dict):
         raise UserError(f"{path} is not a prompt checkpoint (expected a dict with 'prompt_learner')")
     state["path"] = str(path)

@@ -50,8 +50,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Train DHR-CLIP prompts on one dataset (all of its test split, with masks).")
-    p.add_argument("--train_data_path", type=path_arg, default=path_arg("./data/visa"),
-                   help="dataset root holding meta.json")
+    p.add_argument("--train_data_path", type=path_arg, default=None,
+                   help="dataset root holding meta.json (default ./data/<dataset>)")
     p.add_argument("--save_path", type=path_arg, default=path_arg("./checkpoint"), help="where epoch_N.pth go")
     p.add_argument("--dataset", default="mvtec", help="name of the training dataset, for logs")
     p.add_argument("--epoch", type=int, default=15)

@@ -45,7 +45,8 @@ def train(args: argparse.Namespace) -> list[dict]:
     save_path = Path(args.save_path)
     save_path.mkdir(parents=True, exist_ok=True)
 
-    by_class = read_meta(Path(args.train_data_path), "test")
+    data_path = Path(args.train_data_path or f"./data/{args.dataset}")
+    by_class = read_meta(data_path, "test")
     items = [item for cls in by_class for item in by_class[cls]]
     if not has_masks(items):
         missing = next(item.image for item in items if item.anomaly and item.mask is None)
@@ -74,7 +75,7 @@ def train(args: argparse.Namespace) -> list[dict]:
     tiles = model.tiles.count
     history: list[dict] = []
     log.info("training on %d images of %d classes from %s, %d epochs", len(items), len(by_class),
-             args.train_data_path, args.epoch)
+             data_path, args.epoch)
     try:
         for epoch in range(start_epoch, args.epoch + 1):
             started = time.perf_counter()
