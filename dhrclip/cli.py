@@ -135,6 +135,11 @@ def run(main: Callable[[argparse.Namespace], object], parser: argparse.ArgumentP
         sys.exit(130)
 
 
+def plain_config(args: argparse.Namespace) -> dict:
+    """Flags as JSON-able plain values (checkpoints load with weights_only)."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+
+
 def one_line(exc: UserError) -> str:
     """The user's message, also when a DataLoader worker wrapped it in its traceback."""
     text = str(exc).strip()

@@ -15,14 +15,13 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .checkpoint import load_prompts, read_checkpoint, save_json
-from .cli import build_model
+from .cli import build_model, plain_config
 from .data import CanvasDataset, Item, has_masks, read_meta
 from .errors import UserError
 from .maps import gaussian_blur, image_scores, minmax_normalize
 from .metrics import image_metrics, legacy_aupro, pixel_metrics
 from .model import DHRCLIP
 from .runtime import autocast, resolve_device, resolve_precision, seed_everything
-from .training import plain_config
 from .visualize import save_test_figures
 
 log = logging.getLogger(__name__)

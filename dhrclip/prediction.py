@@ -29,13 +29,12 @@ import numpy as np
 import torch
 
 from .checkpoint import atomic_write, load_prompts, read_checkpoint, save_json
-from .cli import add_model_arguments, build_model, path_arg
+from .cli import add_model_arguments, build_model, path_arg, plain_config
 from .data import Item, load_rgb
 from .errors import UserError
 from .evaluation import iter_predictions
 from .indexing import IMAGE_SUFFIXES
 from .runtime import resolve_device, resolve_precision, seed_everything
-from .training import plain_config
 from .visualize import heatmap_overlay, outline, panels, save_rgb
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .checkpoint import latest_checkpoint, load_prompts, read_checkpoint, save_checkpoint
-from .cli import build_model
+from .cli import build_model, plain_config
 from .data import CanvasDataset, has_masks, read_meta
 from .errors import UserError
 from .feature_cache import FeatureCache
@@ -22,11 +22,6 @@ from .maps import TEMPERATURE
 from .runtime import autocast, resolve_device, resolve_precision, seed_everything
 
 log = logging.getLogger(__name__)
-
-
-def plain_config(args: argparse.Namespace) -> dict:
-    """Flags as JSON-able plain values (checkpoints load with weights_only)."""
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
 
 
 def _append_log(save_path: Path, line: str) -> None:
@@ -43,8 +38,6 @@ def train(args: argparse.Namespace) -> list[dict]:
     device = resolve_device(args.device)
     dtype = resolve_precision(args.precision, device)
     save_path = Path(args.save_path)
-    save_path.mkdir(parents=True, exist_ok=True)
-
     data_path = Path(args.train_data_path or f"./data/{args.dataset}")
     by_class = read_meta(data_path, "test")
     items = [item for cls in by_class for item in by_class[cls]]
@@ -53,6 +46,7 @@ def train(args: argparse.Namespace) -> list[dict]:
         raise UserError(f"training needs a mask for every anomalous image, and {missing} has none; "
                         f"train on a dataset with ground truth (e.g. MVTec AD or VisA)")
     model = build_model(args, device)
+    save_path.mkdir(parents=True, exist_ok=True)
     optimizer = torch.optim.Adam(model.prompt_learner.parameters(), lr=args.learning_rate, betas=(0.5, 0.999))
 
     start_epoch = 1
