@@ -161,24 +161,27 @@ def infer_config(state: dict[str, torch.Tensor]) -> dict:
             "layers": len({k.split(".")[3] for k in state if k.startswith("visual.transformer.resblocks.")}),
             "width": vision_width,
             "patch_size": patch,
+            "head_width": min(64, vision_width),  # OpenAI: one head per 64 channels, at least one
         },
         "text_cfg": {
             "context_length": state["positional_embedding"].shape[0],
             "vocab_size": state["token_embedding.weight"].shape[0],
             "width": text_width,
-            "heads": text_width // 64,
+            "heads": max(1, text_width // 64),
             "layers": len({k.split(".")[2] for k in state if k.startswith("transformer.resblocks.")}),
         },
     }
 
 
 def _same_architecture(named: dict | None, inferred: dict) -> bool:
+    """Whether ``--model``'s config has the shapes of the file (absent fields take open_clip's defaults)."""
     if not named:
         return False
-    vision, text = named.get("vision_cfg", {}), named.get("text_cfg", {})
+    vision = {**vars(CLIPVisionCfg()), **named.get("vision_cfg", {})}
+    text = {**vars(CLIPTextCfg()), **named.get("text_cfg", {})}
     return (named.get("embed_dim") == inferred["embed_dim"]
             and all(vision.get(k) == v for k, v in inferred["vision_cfg"].items())
-            and all(text.get(k, v if k == "heads" else None) == v for k, v in inferred["text_cfg"].items()))
+            and all(text.get(k) == v for k, v in inferred["text_cfg"].items()))
 
 
 def model_from_state_dict(state: dict[str, torch.Tensor], model_name: str, source: str) -> CLIP:

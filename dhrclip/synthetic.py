@@ -114,7 +114,7 @@ def tiny_clip(seed: int = 0, vision_width: int = 128, vision_layers: int = 4, im
     torch.manual_seed(seed)
     return CLIP(embed_dim,
                 vision_cfg=CLIPVisionCfg(image_size=image_size, layers=vision_layers, width=vision_width,
-                                         patch_size=14),
+                                         patch_size=14, head_width=min(64, vision_width)),
                 text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=text_width,
                                      heads=max(1, text_width // 64), layers=text_layers),
                 quick_gelu=True).eval()

@@ -23,6 +23,16 @@ def test_openai_format_file_roundtrip_infers_architecture(clip_file):
     assert type(model.visual.transformer.resblocks[0].mlp.gelu).__name__ == "QuickGELU"
 
 
+def test_narrow_openai_file_gets_one_head_per_tower(tmp_path):
+    model = tiny_clip(seed=6, vision_width=32, text_width=32, embed_dim=16)
+    path = tmp_path / "narrow.pt"
+    torch.save(model.state_dict(), path)
+    loaded = load_clip(pretrained=str(path))
+    assert same_weights(loaded, model)
+    assert loaded.visual.transformer.resblocks[0].attn.num_heads == 1
+    assert loaded.transformer.resblocks[0].attn.num_heads == 1
+
+
 def test_half_precision_openai_file_loads_as_fp32(tmp_path):
     model = tiny_clip(seed=3)
     path = tmp_path / "half.pt"
