@@ -119,9 +119,18 @@ def test_trained_checkpoint_is_tested_end_to_end(tmp_path, clip_file, source_dat
     assert ckpt["epoch"] == 2 and ckpt["config"]["depth"] == 3
     argv = ["--data_path", str(target_data), "--save_path", str(tmp_path / "res"), "--checkpoint_path",
             str(tmp_path / "ckpt"), "--pretrained", str(clip_file), *SMALL]
-    results = evaluate(evaluation_parser().parse_args(argv))
+    results = evaluate(evaluation_parser().parse_args([*argv, "--vis"]))
     assert all(0.0 <= v <= 1.0 for v in results["mean"].values())
     assert "mean" in (tmp_path / "res" / "log.txt").read_text()
+    figures = sorted((tmp_path / "res" / "vis" / "ring").glob("*.png"))
+    assert len(figures) == 7 and any(f.name.startswith("good_") for f in figures)
+
+    legacy = evaluate(evaluation_parser().parse_args([*argv, "--aupro", "legacy", "--metrics", "pixel-level",
+                                                      "--classes", "ring"]))
+    assert list(legacy["classes"]) == ["ring"]
+    ring, exact_ring = legacy["classes"]["ring"], results["classes"]["ring"]
+    assert ring["image_auroc"] is None and ring["pixel_auroc"] == pytest.approx(exact_ring["pixel_auroc"])
+    assert ring["pixel_aupro"] is not None and ring["pixel_aupro"] != exact_ring["pixel_aupro"]
 
 
 def test_bf16_pixel_auroc_is_within_0_2_points_of_fp32(tmp_path, clip_file, target_data):
