@@ -49,11 +49,11 @@ def prediction_parser() -> argparse.ArgumentParser:
     p.add_argument("--save_path", type=path_arg, default=path_arg("./predictions"), help="output folder")
     p.add_argument("--sigma", type=float, default=8, help="Gaussian smoothing of the maps (0: none)")
     p.add_argument("--threshold", type=float, default=None, help="image-score threshold")
-    p.add_argument("--pixel_threshold", type=float, default=None, help="map threshold for the outline")
+    p.add_argument("--pixel_threshold", type=float, default=None, help="map threshold: outline, and 'anomalous' where exceeded")
     p.add_argument("--threshold_file", type=path_arg, default=None, help="a threshold.json written by calibration")
     p.add_argument("--calibrate_on", default=None, help="folder (or glob) of known-good images to set thresholds")
     p.add_argument("--calibrate_quantile", type=float, default=1.0,
-                   help="quantile of the good images' scores used as threshold (1.0: their maximum)")
+                   help="quantile of the good images' scores and map maxima used as thresholds (1.0: their maximum)")
     add_model_arguments(p)
     return p
 
