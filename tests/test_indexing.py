@@ -1,0 +1,68 @@
+"""meta.json generators for the dataset layouts, and the demo that uses them."""
+import json
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from dhrclip.data import read_meta
+from dhrclip.errors import UserError
+from dhrclip.indexing import mvtec_layout_index, visa_index
+
+
+def test_visa_csv_index(tmp_path):
+    for rel in ("candle/Data/Images/Normal/0.JPG", "candle/Data/Images/Anomaly/1.JPG",
+                "candle/Data/Masks/Anomaly/1.png", "pcb1/Data/Images/Normal/2.JPG"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(tmp_path / rel), np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "split_csv").mkdir()
+    (tmp_path / "split_csv" / "1cls.csv").write_text(
+        "object,split,label,image,mask\n"
+        "candle,train,normal,candle/Data/Images/Normal/0.JPG,\n"
+        "candle,test,anomaly,candle/Data/Images/Anomaly/1.JPG,candle/Data/Masks/Anomaly/1.png\n"
+        "pcb1,test,normal,pcb1/Data/Images/Normal/2.JPG,\n")
+    meta = visa_index(tmp_path)
+    assert list(meta["train"]) == ["candle"] and sorted(meta["test"]) == ["candle", "pcb1"]
+    assert meta["test"]["candle"][0] == {"img_path": "candle/Data/Images/Anomaly/1.JPG",
+                                         "mask_path": "candle/Data/Masks/Anomaly/1.png", "cls_name": "candle",
+                                         "specie_name": "", "anomaly": 1}
+    assert visa_index(tmp_path, ["pcb1"])["test"].keys() == {"pcb1"}
+    with pytest.raises(UserError, match="split_csv/1cls.csv not found"):
+        visa_index(tmp_path / "candle")
+
+
+def test_btad_style_ok_folders_and_same_name_masks(tmp_path):
+    for rel in ("01/train/ok/0000.bmp", "01/test/ok/0001.bmp", "01/test/ko/0002.bmp"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(tmp_path / rel), np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "01/ground_truth/ko").mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "01/ground_truth/ko/0002.png"), np.zeros((8, 8), np.uint8))
+    meta = mvtec_layout_index(tmp_path)
+    rows = {r["img_path"]: r for r in meta["test"]["01"]}
+    assert rows["01/test/ok/0001.bmp"]["anomaly"] == 0
+    assert rows["01/test/ko/0002.bmp"]["mask_path"] == "01/ground_truth/ko/0002.png"
+    assert [r["img_path"] for r in meta["train"]["01"]] == ["01/train/ok/0000.bmp"]
+
+
+def test_generator_script_writes_a_meta_json_read_meta_accepts(source_data, tmp_path):
+    root = tmp_path / "copy"
+    subprocess.run(["cp", "-r", str(source_data), str(root)], check=True)
+    (root / "meta.json").unlink()
+    subprocess.run([sys.executable, "generate_dataset_json/mvtec.py", "--root", str(root), "--classes", "disk"],
+                   cwd=ROOT, check=True, capture_output=True)
+    assert list(json.loads((root / "meta.json").read_text())["test"]) == ["disk"]
+    assert len(read_meta(root, "test")["disk"]) == 7
+
+
+def test_demo_runs_the_whole_protocol(tmp_path):
+    proc = subprocess.run([sys.executable, "demo.py", "--pretrained", "none", "--save_path", str(tmp_path),
+                           "--epoch", "2"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "RANDOMLY INITIALISED CLIP" in proc.stdout and "| mean" in proc.stdout
+    results = json.loads((tmp_path / "results" / "results.json").read_text())
+    assert sorted(results["classes"]) == ["checker", "pill", "ring", "waves"]
+    assert len(list((tmp_path / "results" / "vis").rglob("*.png"))) == 40
+    assert (tmp_path / "checkpoint" / "epoch_2.pth").is_file()
