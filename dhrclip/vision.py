@@ -1,6 +1,7 @@
 """CLIP ViT forward with the V-V dual path (DPAM) and true per-layer taps (SPEC §3)."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -9,6 +10,8 @@ from torch import nn
 
 from .attention import dual_attention, self_attention
 from .errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -60,6 +63,7 @@ class VisionEncoder(nn.Module):
         side = round((visual.positional_embedding.shape[0] - 1) ** 0.5)
         self.native_grid = (side, side)
         self._pos_cache: dict[tuple[int, int, torch.device, torch.dtype], torch.Tensor] = {}
+        self._warned_sizes: set[tuple[int, int]] = set()
 
     def positional_embedding(self, grid: tuple[int, int], like: torch.Tensor) -> torch.Tensor:
         """(1 + rows·cols, D) table for ``grid``, always interpolated from the checkpoint's own
@@ -76,11 +80,13 @@ class VisionEncoder(nn.Module):
         return self._pos_cache[key]
 
     def forward(self, images: torch.Tensor) -> VisionOutput:
-        """Encode (B, 3, H, W) views; H and W must be multiples of the patch size."""
+        """Encode (B, 3, H, W) views. Sizes that are not multiples of the patch size are
+        allowed, as in the reference: the patch grid covers the top-left whole patches."""
         h, w = images.shape[-2:]
-        if h % self.patch_size or w % self.patch_size:
-            raise UserError(f"view size {h}x{w} is not a multiple of the backbone's patch size {self.patch_size}; "
-                            f"choose --image_size / --patch_image_size accordingly")
+        if (h % self.patch_size or w % self.patch_size) and (h, w) not in self._warned_sizes:
+            self._warned_sizes.add((h, w))
+            log.warning("view size %dx%d is not a multiple of the patch size %d: its last %d rows and %d columns "
+                        "are not seen", h, w, self.patch_size, h % self.patch_size, w % self.patch_size)
         v = self.visual
         x = v.conv1(images.to(v.conv1.weight.dtype))
         grid = (x.shape[-2], x.shape[-1])

@@ -41,3 +41,12 @@ def test_taps_are_distinct_layers_and_positional_table_is_untouched():
         out = enc(torch.randn(1, 3, 70, 70))
     assert not torch.allclose(out.tokens[0], out.tokens[1])
     assert torch.equal(visual.positional_embedding, before)
+
+
+def test_view_size_off_the_patch_grid_uses_whole_patches():
+    enc = VisionEncoder(tiny_clip().visual, features_list=[4], dpam=3)
+    view = torch.randn(1, 3, 60, 75)
+    with torch.no_grad():
+        out, cropped = enc(view), enc(view[..., :56, :70])
+    assert out.grid == (4, 5)
+    assert torch.allclose(out.tokens[0], cropped.tokens[0], atol=1e-6)
