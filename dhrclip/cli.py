@@ -115,20 +115,17 @@ def run(main: Callable[[argparse.Namespace], object], parser: argparse.ArgumentP
         argv: list[str] | None = None) -> None:
     """Parse flags and run ``main``; user mistakes end as one line on stderr with status 2."""
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if getattr(args, "debug", False) else logging.INFO,
+    debug = getattr(args, "debug", False)
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     try:
         main(args)
-    except UserError as exc:
-        if getattr(args, "debug", False):
+    except (UserError, torch.cuda.OutOfMemoryError) as exc:
+        if debug:
             raise
-        print(f"error: {one_line(exc)}", file=sys.stderr)
-        sys.exit(2)
-    except torch.cuda.OutOfMemoryError:
-        if getattr(args, "debug", False):
-            raise
-        print(f"error: CUDA ran out of memory at --batch_size {args.batch_size}; try a smaller --batch_size",
-              file=sys.stderr)
+        message = one_line(exc) if isinstance(exc, UserError) else (
+            f"CUDA ran out of memory at --batch_size {args.batch_size}; try a smaller --batch_size")
+        print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
