@@ -39,6 +39,13 @@ class Predictions:
     labels: np.ndarray   # (N,) int
 
 
+def _empty_predictions(items: list[Item], size: int, with_masks: bool) -> Predictions:
+    n = len(items)
+    return Predictions(maps=np.empty((n, size, size), np.float16),
+                       masks=np.empty((n, size, size), bool) if with_masks else None,
+                       scores=np.empty(n, np.float32), labels=np.array([i.anomaly for i in items]))
+
+
 def postprocess(raw: torch.Tensor, sigma: float, map_norm: str) -> torch.Tensor:
     """Gaussian smoothing then (by default) per-image min-max normalisation, on the maps' device."""
     maps = gaussian_blur(raw.float(), sigma)
@@ -85,10 +92,7 @@ def iter_predictions(model: DHRCLIP, items: list[Item], args: argparse.Namespace
 def predict_items(model: DHRCLIP, items: list[Item], args: argparse.Namespace, device: torch.device,
                   dtype: torch.dtype, with_masks: bool, desc: str = "testing") -> Predictions:
     """All maps (float16), masks and scores of ``items``, in item order."""
-    t = model.config.target_image_size
-    n = len(items)
-    out = Predictions(maps=np.empty((n, t, t), np.float16), masks=np.empty((n, t, t), bool) if with_masks else None,
-                      scores=np.empty(n, np.float32), labels=np.array([i.anomaly for i in items]))
+    out = _empty_predictions(items, model.config.target_image_size, with_masks)
     for batch in iter_predictions(model, items, args, device, dtype, with_masks, args.map_norm, desc):
         out.maps[batch.index] = batch.maps.half().cpu().numpy()
         out.scores[batch.index] = batch.scores
@@ -128,6 +132,46 @@ def format_table(per_class: dict[str, dict], mean: dict, names: list[str]) -> st
     return tabulate(rows, headers=["objects", *names], tablefmt="pipe")
 
 
+def metrics_by_class(model: DHRCLIP, by_class: dict[str, list[Item]], args: argparse.Namespace,
+                     device: torch.device, dtype: torch.dtype, pixel: bool, image: bool
+                     ) -> tuple[dict[str, dict[str, float | None]], float]:
+    """Metrics of every class, streamed: one pass of batched inference over all items, and
+    each class's metrics (and --vis figures) computed as soon as its last image is in, so
+    memory holds the maps of about one class at a time. Returns the metrics and the
+    seconds spent on them."""
+    names = list(by_class)
+    starts = np.cumsum([0] + [len(by_class[c]) for c in names])
+    items = [item for c in names for item in by_class[c]]
+    size = model.config.target_image_size
+    open_classes: dict[int, Predictions] = {}
+    filled: dict[int, int] = {}
+    per_class: dict[str, dict[str, float | None]] = {}
+    metrics_s = 0.0
+    for batch in iter_predictions(model, items, args, device, dtype, pixel, args.map_norm):
+        maps = batch.maps.half().cpu().numpy()
+        owner = np.searchsorted(starts, batch.index, side="right") - 1
+        for c in np.unique(owner):
+            rows = owner == c
+            name = names[c]
+            if c not in open_classes:
+                open_classes[c], filled[c] = _empty_predictions(by_class[name], size, pixel), 0
+            pred = open_classes[c]
+            local = batch.index[rows] - starts[c]
+            pred.maps[local], pred.scores[local] = maps[rows], batch.scores[rows]
+            if pixel:
+                pred.masks[local] = batch.masks[rows]
+            filled[c] += int(rows.sum())
+            if filled[c] == len(by_class[name]):
+                began = time.perf_counter()
+                per_class[name] = class_metrics(pred, pixel, image, args.aupro)
+                if args.vis:
+                    save_test_figures(Path(args.save_path) / "vis" / name, by_class[name], pred.maps, pred.masks,
+                                      pred.scores)
+                metrics_s += time.perf_counter() - began
+                del open_classes[c]
+    return {name: per_class[name] for name in names}, metrics_s
+
+
 def evaluate(args: argparse.Namespace) -> dict:
     """test.py: zero-shot evaluation of a prompt checkpoint on ``args.data_path``."""
     seed_everything(args.seed)
@@ -139,8 +183,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     want_pixel = args.metrics in ("pixel-level", "image-pixel-level")
     want_image = args.metrics in ("image-level", "image-pixel-level")
     items = [item for cls in by_class for item in by_class[cls]]
-    masks_known = has_masks(items)
-    if want_pixel and not masks_known:
+    if want_pixel and not has_masks(items):
         log.warning("%s has anomalous images without masks: reporting image-level metrics only", data_path)
         want_pixel = False
 
@@ -149,21 +192,9 @@ def evaluate(args: argparse.Namespace) -> dict:
     log.info("testing %s on %s (%d images, %d classes) on %s in %s", checkpoint["path"], data_path, len(items),
              len(by_class), device, str(dtype).removeprefix("torch."))
     started = time.perf_counter()
-    pred = predict_items(model, items, args, device, dtype, with_masks=want_pixel)
-    inference_s = time.perf_counter() - started
-
-    per_class: dict[str, dict[str, float | None]] = {}
-    start = 0
-    for cls, cls_items in tqdm(by_class.items(), desc="metrics", unit="class", disable=None):
-        part = slice(start, start + len(cls_items))
-        start += len(cls_items)
-        sub = Predictions(pred.maps[part], pred.masks[part] if pred.masks is not None else None,
-                          pred.scores[part], pred.labels[part])
-        per_class[cls] = class_metrics(sub, want_pixel, want_image, args.aupro)
-        if args.vis:
-            save_test_figures(Path(args.save_path) / "vis" / cls, cls_items, sub.maps, sub.masks, sub.scores)
+    per_class, metrics_s = metrics_by_class(model, by_class, args, device, dtype, want_pixel, want_image)
+    inference_s = time.perf_counter() - started - metrics_s
     mean = mean_metrics(per_class)
-    metrics_s = time.perf_counter() - started - inference_s
 
     names = [n for n in METRIC_NAMES if (want_pixel and n.startswith("pixel")) or (want_image and n.startswith("image"))]
     table = format_table(per_class, mean, names)

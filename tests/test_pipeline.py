@@ -145,3 +145,15 @@ def test_bf16_pixel_auroc_is_within_0_2_points_of_fp32(tmp_path, clip_file, targ
         pred = predict_items(model, items, args, torch.device("cpu"), dtype, with_masks=True)
         aurocs[dtype] = pixel_metrics(pred.masks, pred.maps)["auroc"]
     assert abs(aurocs[torch.float32] - aurocs[torch.bfloat16]) <= 0.002
+
+
+def test_streamed_class_metrics_do_not_depend_on_batch_boundaries(tmp_path, clip_file, target_data):
+    reference_checkpoint(tmp_path / "p.pth")
+    results = []
+    for batch in ("3", "5", "16"):  # boundaries inside classes, straddling them, one batch for all
+        argv = ["--data_path", str(target_data), "--save_path", str(tmp_path / batch), "--checkpoint_path",
+                str(tmp_path / "p.pth"), "--pretrained", str(clip_file), *SMALL, "--batch_size", batch]
+        results.append(evaluate(evaluation_parser().parse_args(argv))["classes"])
+    for other in results[1:]:
+        for cls, metrics in results[0].items():
+            assert other[cls] == pytest.approx(metrics, abs=1e-6), cls
