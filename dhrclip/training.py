@@ -5,6 +5,7 @@ import argparse
 import logging
 import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -19,6 +20,7 @@ from .errors import UserError
 from .feature_cache import FeatureCache
 from .losses import segmentation_loss
 from .maps import TEMPERATURE
+from .model import DHRCLIP, ViewFeatures
 from .runtime import autocast, resolve_device, resolve_precision, seed_everything
 
 log = logging.getLogger(__name__)
@@ -66,7 +68,6 @@ def train(args: argparse.Namespace) -> list[dict]:
     dataset = CanvasDataset(items, args.target_image_size)
     cache = None if args.feature_cache == "off" else FeatureCache(
         args.feature_cache, len(dataset), device, save_path / "feature_cache")
-    tiles = model.tiles.count
     history: list[dict] = []
     log.info("training on %d images of %d classes from %s, %d epochs", len(items), len(by_class),
              data_path, args.epoch)
@@ -76,7 +77,7 @@ def train(args: argparse.Namespace) -> list[dict]:
             batches = list(torch.randperm(len(dataset), generator=generator).split(args.batch_size))
             model.train()
             total, steps = 0.0, 0
-            for step, (indices, feats, masks, labels) in enumerate(
+            for step, (feats, masks, labels) in enumerate(
                     tqdm(_batches(model, dataset, batches, cache, device, dtype, args), total=len(batches),
                          desc=f"epoch {epoch}/{args.epoch}", leave=False, disable=None), start=1):
                 with autocast(device, dtype):
@@ -113,13 +114,13 @@ def train(args: argparse.Namespace) -> list[dict]:
     return history
 
 
-def _batches(model, dataset: CanvasDataset, batches: list[torch.Tensor], cache: FeatureCache | None,
-             device: torch.device, dtype: torch.dtype, args: argparse.Namespace):
-    """Yield (indices, view features, masks, labels) per batch, from the cache once it is full."""
+def _batches(model: DHRCLIP, dataset: CanvasDataset, batches: list[torch.Tensor], cache: FeatureCache | None,
+             device: torch.device, dtype: torch.dtype, args: argparse.Namespace
+             ) -> Iterator[tuple[ViewFeatures, torch.Tensor, torch.Tensor]]:
+    """Yield (view features, masks, labels) per batch, from the cache once it is full."""
     if cache is not None and cache.complete:
         for indices in batches:
-            feats, masks, labels = cache.load(indices, device)
-            yield indices, feats, masks, labels
+            yield cache.load(indices, device)
         return
     loader = DataLoader(dataset, batch_sampler=batches, num_workers=args.num_workers,
                         pin_memory=device.type == "cuda", persistent_workers=False)
@@ -131,4 +132,4 @@ def _batches(model, dataset: CanvasDataset, batches: list[torch.Tensor], cache: 
             feats = model.encode_views(images)
         if cache is not None:
             cache.store(indices, feats, masks, labels, model.tiles.count)
-        yield indices, feats, masks, labels
+        yield feats, masks, labels

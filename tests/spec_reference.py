@@ -140,7 +140,7 @@ def slow_image(clip, text, path, S, P, T, layers, dpam, sigma=8.0, alpha=0.75):
 
 def slow_aupro(masks, maps, limit=0.3):
     """MVTec AD AUPRO: sort once, every distinct score a threshold, 8-connected regions."""
-    regions, weights = np.zeros(masks.shape, np.int64), []
+    regions = np.zeros(masks.shape, np.int64)
     n = 0
     for i, m in enumerate(masks):
         lab, k = ndimage.label(m, structure=np.ones((3, 3)))
