@@ -38,6 +38,12 @@ class Predictions:
     scores: np.ndarray   # (N,) float32 image scores
     labels: np.ndarray   # (N,) int
 
+    def put(self, at: np.ndarray, maps: np.ndarray, scores: np.ndarray, masks: np.ndarray | None) -> None:
+        """Store results for the items at positions ``at``."""
+        self.maps[at], self.scores[at] = maps, scores
+        if self.masks is not None:
+            self.masks[at] = masks
+
 
 def _empty_predictions(items: list[Item], size: int, with_masks: bool) -> Predictions:
     n = len(items)
@@ -94,10 +100,7 @@ def predict_items(model: DHRCLIP, items: list[Item], args: argparse.Namespace, d
     """All maps (float16), masks and scores of ``items``, in item order."""
     out = _empty_predictions(items, model.config.target_image_size, with_masks)
     for batch in iter_predictions(model, items, args, device, dtype, with_masks, args.map_norm, desc):
-        out.maps[batch.index] = batch.maps.half().cpu().numpy()
-        out.scores[batch.index] = batch.scores
-        if with_masks:
-            out.masks[batch.index] = batch.masks
+        out.put(batch.index, batch.maps.half().cpu().numpy(), batch.scores, batch.masks)
     return out
 
 
@@ -156,10 +159,8 @@ def metrics_by_class(model: DHRCLIP, by_class: dict[str, list[Item]], args: argp
             if c not in open_classes:
                 open_classes[c], filled[c] = _empty_predictions(by_class[name], size, pixel), 0
             pred = open_classes[c]
-            local = batch.index[rows] - starts[c]
-            pred.maps[local], pred.scores[local] = maps[rows], batch.scores[rows]
-            if pixel:
-                pred.masks[local] = batch.masks[rows]
+            pred.put(batch.index[rows] - starts[c], maps[rows], batch.scores[rows],
+                     batch.masks[rows] if pixel else None)
             filled[c] += int(rows.sum())
             if filled[c] == len(by_class[name]):
                 began = time.perf_counter()
