@@ -1,6 +1,5 @@
-"""Run the complete DHR-CLIP protocol on synthetic data (see dhrclip/demo.py)."""
-from dhrclip.cli import run
-from dhrclip.demo import demo_parser, run_demo
+"""Run the complete DHR-CLIP protocol on synthetic data; see README."""
+from dhrclip.cli import demo_main
 
 if __name__ == "__main__":
-    run(run_demo, demo_parser())
+    demo_main()

@@ -1,6 +1,5 @@
-"""Anomaly maps, scores and decisions for your own images (see dhrclip/prediction.py)."""
-from dhrclip.cli import run
-from dhrclip.prediction import prediction_parser, predict
+"""Anomaly maps, scores and decisions for your own images; see README."""
+from dhrclip.cli import predict_main
 
 if __name__ == "__main__":
-    run(predict, prediction_parser())
+    predict_main()

@@ -1,6 +1,5 @@
-"""Test DHR-CLIP prompts zero-shot: per-class table, log.txt and results.json."""
-from dhrclip.cli import run, evaluation_parser
-from dhrclip.evaluation import evaluate
+"""Test DHR-CLIP prompts zero-shot: per-class table, log.txt and results.json; see README."""
+from dhrclip.cli import test_main
 
 if __name__ == "__main__":
-    run(evaluate, evaluation_parser())
+    test_main()

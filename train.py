@@ -1,6 +1,5 @@
-"""Train DHR-CLIP prompts on one dataset (all of its test split, with masks)."""
-from dhrclip.cli import run, train_parser
-from dhrclip.training import train
+"""Train DHR-CLIP prompts on one dataset (all of its test split, with masks); see README."""
+from dhrclip.cli import train_main
 
 if __name__ == "__main__":
-    run(train, train_parser())
+    train_main()

@@ -1,0 +1,35 @@
+"""DHR-CLIP: zero-shot anomaly segmentation with a frozen CLIP and learned object-agnostic prompts.
+
+    from dhrclip import DHRCLIP
+    model = DHRCLIP.from_checkpoint("epoch_15.pth")
+    result = model.predict("part.png")      # .anomaly_map (H, W) float32, .score
+
+Names are imported on first use, so ``import dhrclip`` (and every command's
+``--help``) stays fast and loads torch only when the model is needed.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.2.0"
+
+_EXPORTS = {
+    "DHRCLIP": "detector",
+    "Prediction": "inference",
+    "ModelConfig": "config",
+    "TrainConfig": "config",
+    "EvalConfig": "config",
+    "PredictConfig": "config",
+    "UserError": "errors",
+    "train": "training",
+    "evaluate": "evaluation",
+    "predict": "prediction",
+}
+__all__ = [*_EXPORTS, "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'dhrclip' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

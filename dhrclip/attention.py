@@ -1,5 +1,6 @@
 """Attention over open_clip's ``nn.MultiheadAttention`` weights, including the V-V
-attention of DPAM (SPEC §3).
+attention of DPAM (docs/method.md §3), and the transformer block that both the
+text and the vision tower run.
 
 The weights stay in open_clip's modules; these functions only read them, so one
 set of frozen weights serves both the original and the V-V stream, and the
@@ -51,3 +52,9 @@ def dual_attention(attn: nn.MultiheadAttention, x: torch.Tensor) -> tuple[torch.
     vv = F.scaled_dot_product_attention(v, v, v)
     both = attn.out_proj(_merge(torch.cat([original, vv], dim=0)))
     return both.chunk(2, dim=0)
+
+
+def block_forward(block: nn.Module, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """One open_clip ``ResidualAttentionBlock`` on (B, N, D) tokens."""
+    x = x + block.ls_1(self_attention(block.attn, block.ln_1(x), attn_mask))
+    return x + block.ls_2(block.mlp(block.ln_2(x)))

@@ -1,6 +1,7 @@
 """Loading the frozen CLIP backbone through open_clip (tags, local files, random init).
 
-Every source ends as an open_clip ``CLIP`` in fp32 on the CPU. Local files are
+Every source ends as an open_clip ``CLIP`` in fp32 on the CPU, with the file its
+weights came from (None for random weights). Local files are
 read without running code: OpenAI JIT archives through ``torch.jit.load``,
 everything else with ``torch.load(weights_only=True)`` or safetensors.
 """
@@ -21,39 +22,54 @@ from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 from open_clip.pretrained import download_pretrained, get_pretrained_cfg, list_pretrained_tags_by_model
 
-from .checkpoint import safe_torch_load
+from .config import DEFAULT_MODEL
 from .errors import UserError
+from .files import safe_torch_load
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "ViT-L-14-336-quickgelu"
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 _DOWNLOAD_TIMEOUT_S = 30
 _REQUIRED_KEYS = ("visual.conv1.weight", "visual.positional_embedding", "visual.proj", "token_embedding.weight",
                   "positional_embedding", "text_projection", "ln_final.weight")
-_IGNORED_KEYS = ("input_resolution", "context_length", "vocab_size")
+# Keys that only OpenAI's own files carry (open_clip's state dicts have the same layout otherwise).
+_OPENAI_ONLY_KEYS = ("input_resolution", "context_length", "vocab_size")
 
 
-def load_clip(model_name: str = DEFAULT_MODEL, pretrained: str = "openai") -> CLIP:
-    """Build the backbone named by ``--model``/``--pretrained``, frozen and in eval mode.
+def is_weights_path(pretrained: str) -> bool:
+    """Whether ``pretrained`` names a file rather than an open_clip tag or ``none``."""
+    path = Path(pretrained).expanduser()
+    return pretrained.lower() != "none" and (path.suffix in WEIGHT_SUFFIXES or "/" in pretrained or path.exists())
+
+
+def load_clip(model_name: str = DEFAULT_MODEL, pretrained: str = "openai") -> tuple[CLIP, Path | None]:
+    """Build the backbone named by ``model``/``pretrained``, frozen, in eval mode and fp32.
 
     ``pretrained`` is an open_clip tag (``openai``), a path to a weights file, or
-    ``none`` for random weights (tests, benchmarks).
+    ``none`` for random weights (tests, benchmarks). Returns the model and the
+    file its weights were read from (None for random weights).
     """
     if model_name not in open_clip.list_models():
-        raise UserError(f"--model {model_name} is not an open_clip architecture "
-                        f"(see open_clip.list_models(), e.g. {DEFAULT_MODEL})")
+        raise UserError(f"model {model_name} is not an open_clip architecture "
+                        f"(see open_clip.list_models(), e.g. {DEFAULT_MODEL})", field="model")
+    file = None
     if pretrained.lower() == "none":
         model = open_clip.create_model(model_name, pretrained=None)
     else:
-        path = Path(pretrained).expanduser()
-        looks_like_path = path.suffix in WEIGHT_SUFFIXES or "/" in pretrained or path.exists()
-        file = path if looks_like_path else _download(model_name, pretrained)
-        model = model_from_state_dict(read_weights(file), model_name, source=str(file))
+        file = Path(pretrained).expanduser() if is_weights_path(pretrained) else _download(model_name, pretrained)
+        state, openai_format = read_weights(file)
+        model = model_from_state_dict(state, model_name, source=str(file),
+                                      openai_format=openai_format or pretrained == "openai")
     if not isinstance(model, CLIP):
-        raise UserError(f"--model {model_name} is not a plain CLIP (custom text towers are not supported)")
+        raise UserError(f"model {model_name} is not a plain CLIP (custom text towers are not supported)",
+                        field="model")
     model.eval().requires_grad_(False)
-    return model.float()
+    return model.float(), file
+
+
+def uses_quick_gelu(clip: CLIP) -> bool:
+    """Whether the backbone's MLPs use QuickGELU (OpenAI's activation) rather than GELU."""
+    return any(isinstance(m, open_clip.transformer.QuickGELU) for m in clip.visual.modules())
 
 
 def _reachable(host: str, timeout: float = 5.0) -> bool:
@@ -83,11 +99,11 @@ def _download(model_name: str, tag: str) -> Path:
     cfg = get_pretrained_cfg(model_name, tag)
     if not cfg:
         tags = ", ".join(list_pretrained_tags_by_model(model_name)) or "none"
-        raise UserError(f"--pretrained {tag}: not a weights file, and not an open_clip tag of {model_name} "
+        raise UserError(f"pretrained {tag}: not a weights file, and not an open_clip tag of {model_name} "
                         f"(its tags: {tags})")
     url = cfg.get("url", "")
     fetch = Path(urlparse(url).path).name if url else cfg.get("hf_hub", "")
-    advice = (f"download {url or fetch} where there is internet and pass --pretrained /path/to/"
+    advice = (f"download {url or fetch} where there is internet and give pretrained as /path/to/"
               f"{Path(fetch).name or 'weights'}")
     host = os.environ.get("HF_ENDPOINT", "https://huggingface.co") if cfg.get("hf_hub") else url
     if not _reachable(urlparse(host).hostname or host):
@@ -117,12 +133,14 @@ def _is_jit_archive(path: Path) -> bool:
         return any(name.endswith("constants.pkl") or "/code/" in name for name in archive.namelist())
 
 
-def read_weights(path: Path) -> dict[str, torch.Tensor]:
-    """State dict of a CLIP weights file, whatever its container, without executing code."""
+def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], bool]:
+    """State dict of a CLIP weights file, whatever its container, without executing code,
+    and whether the file is in OpenAI's own format (a JIT archive, or OpenAI's extra keys)."""
     if not path.is_file():
-        raise UserError(f"weights file not found: {path} (pass --pretrained with an existing file, "
-                        f"e.g. OpenAI's ViT-L-14-336px.pt)")
-    if path.suffix == ".safetensors" or _is_jit_archive(path):
+        raise UserError(f"weights file not found: {path} (give pretrained as an existing file, "
+                        f"e.g. OpenAI's ViT-L-14-336px.pt)", field="pretrained")
+    jit = path.suffix != ".safetensors" and _is_jit_archive(path)
+    if path.suffix == ".safetensors" or jit:
         try:
             if path.suffix == ".safetensors":
                 from safetensors.torch import load_file
@@ -138,14 +156,15 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
-        raise UserError(f"{path} does not hold a state dict")
+        raise UserError(f"{path} does not hold a state dict", field="pretrained")
+    openai_format = jit or any(key in state for key in _OPENAI_ONLY_KEYS)
     # attn_mask is a derived causal mask that JIT archives carry along; the model rebuilds it.
     state = {k.removeprefix("module."): v for k, v in state.items()
-             if k not in _IGNORED_KEYS and not k.endswith("attn_mask")}
+             if k not in _OPENAI_ONLY_KEYS and not k.endswith("attn_mask")}
     missing = [key for key in _REQUIRED_KEYS if key not in state]
     if missing:
-        raise UserError(f"{path} is not a CLIP ViT checkpoint (missing {', '.join(missing[:3])})")
-    return state
+        raise UserError(f"{path} is not a CLIP ViT checkpoint (missing {', '.join(missing[:3])})", field="pretrained")
+    return state, openai_format
 
 
 def infer_config(state: dict[str, torch.Tensor]) -> dict:
@@ -184,20 +203,27 @@ def _same_architecture(named: dict | None, inferred: dict) -> bool:
             and all(text.get(k) == v for k, v in inferred["text_cfg"].items()))
 
 
-def model_from_state_dict(state: dict[str, torch.Tensor], model_name: str, source: str) -> CLIP:
+def model_from_state_dict(state: dict[str, torch.Tensor], model_name: str, source: str,
+                          openai_format: bool = False) -> CLIP:
     """Build the CLIP that ``state`` fits and load it in fp32.
 
-    When the file fits ``--model``'s architecture, that config decides details
-    the shapes cannot show (QuickGELU or GELU). Otherwise the file is taken as
-    an OpenAI-style ViT and its architecture is inferred, with QuickGELU as
-    OpenAI trained it.
+    When the file fits ``model_name``'s architecture, that config decides details
+    the shapes cannot show (QuickGELU or GELU); OpenAI's weights in a GELU
+    architecture are refused, since every feature would change silently.
+    Otherwise the file is taken as an OpenAI-style ViT and its architecture is
+    inferred, with QuickGELU as OpenAI trained it.
     """
     inferred = infer_config(state)
     named = open_clip.get_model_config(model_name)
     if _same_architecture(named, inferred):
+        if openai_format and not named.get("quick_gelu", False):
+            right = f"{model_name}-quickgelu"
+            advice = f"use model {right}" if right in open_clip.list_models() else "use a -quickgelu architecture"
+            raise UserError(f"{source} holds OpenAI weights, which need QuickGELU, but model {model_name} uses GELU; "
+                            f"{advice}", field="model")
         model = open_clip.create_model(model_name, pretrained=None)
     else:
-        log.info("%s does not fit --model %s; using the architecture in the file (%s layers, width %s, "
+        log.info("%s does not fit model %s; using the architecture in the file (%s layers, width %s, "
                  "patch %s, QuickGELU)", source, model_name, inferred["vision_cfg"]["layers"],
                  inferred["vision_cfg"]["width"], inferred["vision_cfg"]["patch_size"])
         model = CLIP(inferred["embed_dim"], vision_cfg=CLIPVisionCfg(**inferred["vision_cfg"]),
@@ -205,5 +231,6 @@ def model_from_state_dict(state: dict[str, torch.Tensor], model_name: str, sourc
     try:
         model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     except RuntimeError as exc:
-        raise UserError(f"{source} does not fit a CLIP of its own shapes: {str(exc).splitlines()[1][:200]}") from exc
+        raise UserError(f"{source} does not fit a CLIP of its own shapes: {str(exc).splitlines()[1][:200]}",
+                        field="pretrained") from exc
     return model

@@ -1,41 +1,50 @@
-"""Prompt checkpoints: atomic writes, code-free loading, reference compatibility."""
+"""Prompt checkpoints: finding, reading and writing them, and loading their prompts.
+
+A checkpoint of this project is ``{"prompt_learner", "config", "optimizer",
+"generator", "epoch", "train_config"}``; ``config`` is ``ModelConfig.to_dict()``.
+The authors' and AnomalyCLIP's checkpoints hold only ``prompt_learner``; they
+load too (their unused projections are ignored), and ``config`` is then None.
+"""
 from __future__ import annotations
 
-import json
-import os
-import pickle
 import re
-import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .config import ModelConfig
 from .errors import UserError
+from .files import atomic_write, fingerprint, safe_torch_load
 from .prompts import PromptLearner
 
 _EPOCH_FILE = re.compile(r"epoch_(\d+)\.pth$")
 
 
-def atomic_write(path: Path, write: Any) -> None:
-    """Write through ``write(file_object)`` into a temporary file, then rename over ``path``,
-    so a crash or kill leaves either the old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+@dataclass
+class Checkpoint:
+    """A prompt checkpoint as read from disk."""
 
+    path: Path
+    prompts: dict[str, torch.Tensor]    # the prompt_learner state
+    config: ModelConfig | None          # None for the authors' and AnomalyCLIP's checkpoints
+    state: dict[str, Any]               # everything else it holds (optimizer, epoch, ...)
 
-def save_json(path: Path, data: dict) -> None:
-    atomic_write(path, lambda f: f.write(json.dumps(data, indent=2).encode()))
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.path)
+
+    def prompt_shapes(self) -> dict[str, int]:
+        """n_ctx, depth and t_n_ctx as the prompt tensors have them (no t_n_ctx without deep prompts)."""
+        deep = self.deep_prompts()
+        shapes = {"n_ctx": int(self.prompts["ctx_pos"].shape[-2]), "depth": len(deep) + 1}
+        return {**shapes, "t_n_ctx": int(deep[0].shape[0])} if deep else shapes
+
+    def deep_prompts(self) -> list[torch.Tensor]:
+        found = sorted((int(k.split(".")[1]), v) for k, v in self.prompts.items()
+                       if k.startswith("compound_prompts_text."))
+        return [v for _, v in found]
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -54,62 +63,43 @@ def resolve_checkpoint(path: Path) -> Path:
     if path.is_dir():
         latest = latest_checkpoint(path)
         if latest is None:
-            raise UserError(f"no epoch_N.pth checkpoint in {path}; pass --checkpoint_path with a file")
+            raise UserError(f"no epoch_N.pth checkpoint in {path}; give a checkpoint file", field="checkpoint_path")
         return latest
     if not path.is_file():
-        raise UserError(f"checkpoint not found: {path}")
+        raise UserError(f"checkpoint not found: {path}", field="checkpoint_path")
     return path
 
 
-def safe_torch_load(path: Path, what: str) -> Any:
-    """``torch.load`` with ``weights_only=True``: tensors and plain containers only, so a
-    crafted file is refused and cannot run code when it is opened."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise UserError(f"refused to load {path}: it holds objects other than tensors and plain data, "
-                        f"and loading it could run code") from exc
-    except Exception as exc:
-        raise UserError(f"cannot read {what} {path}: corrupt or not a PyTorch file ({type(exc).__name__})") from exc
-
-
-def read_checkpoint(path: Path) -> dict:
-    """Load a prompt checkpoint (file, or the latest in a folder) without running code."""
+def read_checkpoint(path: Path) -> Checkpoint:
+    """Load a prompt checkpoint (a file, or the latest in a folder) without running code."""
     path = resolve_checkpoint(path)
     state = safe_torch_load(path, "checkpoint")
-    if not isinstance(state, dict):
-        raise UserError(f"{path} is not a prompt checkpoint (expected a dict with 'prompt_learner')")
-    state["path"] = str(path)
-    return state
+    prompts = state.get("prompt_learner", state) if isinstance(state, dict) else None
+    if not isinstance(prompts, dict) or "ctx_pos" not in prompts or "ctx_neg" not in prompts:
+        raise UserError(f"{path} has no prompt_learner with ctx_pos/ctx_neg: not a DHR-CLIP/AnomalyCLIP checkpoint",
+                        field="checkpoint_path")
+    saved = state.get("config")
+    config = ModelConfig.from_dict(saved, where=str(path)) if isinstance(saved, dict) else None
+    rest = {k: v for k, v in state.items() if k not in ("prompt_learner", "config")}
+    return Checkpoint(path=path, prompts=prompts, config=config, state=rest)
 
 
-def load_prompts(prompts: PromptLearner, checkpoint: dict) -> None:
-    """Load ``checkpoint['prompt_learner']`` (ours, the reference's or AnomalyCLIP's).
-
-    Unused reference tensors (``compound_prompt_projections.*``, token
-    buffers) are ignored; a shape that does not fit the flags is an error
-    naming the flag.
-    """
-    path = checkpoint.get("path", "checkpoint")
-    state = checkpoint.get("prompt_learner", checkpoint)
-    if not isinstance(state, dict) or "ctx_pos" not in state or "ctx_neg" not in state:
-        raise UserError(f"{path} has no prompt_learner with ctx_pos/ctx_neg: not a DHR-CLIP/AnomalyCLIP checkpoint")
-    ctx = state["ctx_pos"]
-    deep = sorted((int(k.split(".")[1]), v) for k, v in state.items() if k.startswith("compound_prompts_text."))
-    found = {
-        "width": ctx.shape[-1],
-        "n_ctx": ctx.shape[-2],
-        "depth": len(deep) + 1,
-        "t_n_ctx": deep[0][1].shape[0] if deep else prompts.t_n_ctx,
-    }
+def load_prompts(prompts: PromptLearner, checkpoint: Checkpoint) -> None:
+    """Copy the checkpoint's prompt tensors into ``prompts``; a shape that does not fit is
+    an error naming the setting."""
+    found = {"width": int(checkpoint.prompts["ctx_pos"].shape[-1]), **checkpoint.prompt_shapes()}
     expected = {"width": prompts.width, "n_ctx": prompts.n_ctx, "depth": prompts.depth, "t_n_ctx": prompts.t_n_ctx}
     for name, value in expected.items():
-        if found[name] != value:
-            flag = "the backbone's text width (--model/--pretrained)" if name == "width" else f"--{name} {value}"
-            raise UserError(f"{path} was trained with {name}={found[name]}, which does not fit {flag}")
-    wanted = {"ctx_pos": state["ctx_pos"], "ctx_neg": state["ctx_neg"]}
-    wanted.update({f"compound_prompts_text.{i}": v for i, v in deep})
+        if found.get(name, value) != value:
+            if name == "width":
+                raise UserError(f"{checkpoint.path} was trained on a backbone of text width {found[name]}, but model "
+                                f"has width {value}; use the backbone it was trained with", field="model")
+            raise UserError(f"{checkpoint.path} was trained with {name}={found[name]}, which does not fit "
+                            f"{name}={value}", field=name)
+    wanted = {"ctx_pos": checkpoint.prompts["ctx_pos"], "ctx_neg": checkpoint.prompts["ctx_neg"]}
+    wanted.update({f"compound_prompts_text.{i}": v for i, v in enumerate(checkpoint.deep_prompts())})
+    own = prompts.state_dict()
     try:
-        prompts.load_state_dict({k: v.reshape(prompts.state_dict()[k].shape) for k, v in wanted.items()})
+        prompts.load_state_dict({k: v.reshape(own[k].shape) for k, v in wanted.items()})
     except RuntimeError as exc:
-        raise UserError(f"{path} does not fit the prompt learner: {exc}") from exc
+        raise UserError(f"{checkpoint.path} does not fit the prompt learner: {exc}") from exc

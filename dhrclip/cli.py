@@ -1,114 +1,239 @@
-"""Command-line plumbing shared by train.py, test.py, predict.py and demo.py.
+"""The command line: train.py, test.py, predict.py, demo.py and the ``dhrclip-*`` commands.
 
 Flags keep the reference implementation's names and defaults; new flags use
-the same style.
+the same style. This is the only module that knows about flags: it turns them
+into the typed settings of ``dhrclip.config`` and calls the library. Parsing
+needs neither torch nor the model, so ``--help`` is immediate; the library is
+imported once the flags are parsed.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-import torch
-
-from .backbone import DEFAULT_MODEL, load_clip
+from .config import (AUPRO_MODES, DEFAULT_MODEL, FEATURE_CACHE_MODES, MAP_NORMS, METRIC_LEVELS, PRECISIONS,
+                     EvalConfig, ModelConfig, PredictConfig, ResolvedConfig, TrainConfig, resolve_model_config)
 from .errors import UserError
-from .feature_cache import MODES
-from .model import DHRCLIP, DHRConfig
 
 log = logging.getLogger("dhrclip")
 
+MODEL_FLAGS = ("model", "pretrained", "features_list", "image_size", "patch_image_size", "target_image_size",
+               "tiles_per_side", "depth", "n_ctx", "t_n_ctx", "dpam", "sigma")
+# Settings whose flag has another name than the field, in some commands.
+FLAG_ALIASES = {"data_path": ("train_data_path",), "epochs": ("epoch",)}
+_DEFAULTS = ModelConfig()
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags that shape the model; train, test and predict share them."""
-    g = parser.add_argument_group("model")
-    g.add_argument("--model", default=DEFAULT_MODEL, help="open_clip architecture (QuickGELU for OpenAI weights)")
-    g.add_argument("--pretrained", default="openai",
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Shows "(default: X)" for every flag with a default other than None."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default not in (None, argparse.SUPPRESS, False) and "default" not in text:
+            shown = " ".join(map(str, action.default)) if isinstance(action.default, list) else action.default
+            text += f" (default: {shown})"
+        return text
+
+
+def _parser(description: str) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(description=description, formatter_class=_HelpFormatter)
+
+
+def path_arg(value: str) -> Path:
+    return Path(value).expanduser()
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, from_checkpoint: bool) -> None:
+    """Flags that shape the model. With ``from_checkpoint`` they default to what the
+    checkpoint recorded; otherwise to the authors' settings."""
+    def default(name: str) -> str:
+        value = getattr(_DEFAULTS, name)
+        shown = " ".join(map(str, value)) if isinstance(value, tuple) else value
+        return f"default: the checkpoint's; new models {shown}" if from_checkpoint else f"default: {shown}"
+
+    g = parser.add_argument_group("model (saved in every checkpoint)")
+    g.add_argument("--model", help=f"open_clip architecture, QuickGELU for OpenAI weights ({default('model')})")
+    g.add_argument("--pretrained",
                    help="open_clip tag, path to a weights file (OpenAI .pt JIT/state dict, open_clip .pt/.bin, "
-                        ".safetensors), or 'none' for random weights")
-    g.add_argument("--features_list", type=int, nargs="+", default=[6, 12, 18, 24],
-                   help="1-based layers whose V-V tokens make the maps (the paper's numbers: 24, see README)")
-    g.add_argument("--image_size", type=int, default=336, help="global view size S")
-    g.add_argument("--patch_image_size", type=int, default=224, help="tile size P")
-    g.add_argument("--target_image_size", type=int, default=448, help="high-resolution canvas size T")
-    g.add_argument("--tiles_per_side", type=int, default=2, help="tiles per side g of the canvas")
-    g.add_argument("--depth", type=int, default=9, help="deep text prompt depth")
-    g.add_argument("--n_ctx", type=int, default=12, help="learned words per prompt")
-    g.add_argument("--t_n_ctx", type=int, default=4, help="learned tokens per deep text prompt")
-    g.add_argument("--dpam", type=int, default=20, help="the last dpam-1 vision blocks get a V-V path")
+                        f".safetensors), or 'none' for random weights ({default('pretrained')})")
+    g.add_argument("--features_list", type=int, nargs="+",
+                   help=f"1-based layers whose V-V tokens make the maps; the paper's numbers: 24, see README "
+                        f"({default('features_list')})")
+    g.add_argument("--image_size", type=int, help=f"global view size S ({default('image_size')})")
+    g.add_argument("--patch_image_size", type=int, help=f"tile size P ({default('patch_image_size')})")
+    g.add_argument("--target_image_size", type=int, help=f"high-resolution canvas size T "
+                                                         f"({default('target_image_size')})")
+    g.add_argument("--tiles_per_side", type=int, help=f"tiles per side g of the canvas ({default('tiles_per_side')})")
+    g.add_argument("--depth", type=int, help=f"deep text prompt depth ({default('depth')})")
+    g.add_argument("--n_ctx", type=int, help=f"learned words per prompt ({default('n_ctx')})")
+    g.add_argument("--t_n_ctx", type=int, help=f"learned tokens per deep text prompt ({default('t_n_ctx')})")
+    g.add_argument("--dpam", type=int, help=f"the last dpam-1 vision blocks get a V-V path ({default('dpam')})")
+    g.add_argument("--sigma", type=float, help=f"Gaussian smoothing of the maps, 0 for none ({default('sigma')})")
     r = parser.add_argument_group("runtime")
-    r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    r.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default=None,
-                   help="backbone precision (default: bf16 on CUDA, fp32 on CPU)")
+    r.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
+    r.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="vision-tower precision (default: bf16 on CUDA, fp32 on CPU; the text tower is always fp32)")
     r.add_argument("--batch_size", type=int, default=8, help="images per batch")
     r.add_argument("--num_workers", type=int, default=2, help="DataLoader worker processes")
-    r.add_argument("--seed", type=int, default=111)
+    r.add_argument("--seed", type=int, default=111, help="random seed")
+    r.add_argument("--print_config", action="store_true",
+                   help="print the effective model settings and where each comes from, then exit")
     r.add_argument("--debug", action="store_true", help="show full tracebacks")
 
 
 def train_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Train DHR-CLIP prompts on one dataset (all of its test split, with masks).")
+    p = _parser("Train DHR-CLIP prompts on one dataset (all of its test split, with masks).")
     p.add_argument("--train_data_path", type=path_arg, default=None,
-                   help="dataset root holding meta.json (default ./data/<dataset>)")
-    p.add_argument("--save_path", type=path_arg, default=path_arg("./checkpoint"), help="where epoch_N.pth go")
-    p.add_argument("--dataset", default="mvtec", help="name of the training dataset, for logs")
+                   help="dataset root holding meta.json (default: ./data/<dataset>)")
+    p.add_argument("--save_path", type=path_arg, default=Path("./checkpoint"), help="where epoch_N.pth go")
+    p.add_argument("--dataset", default=None, help="name of the training dataset, for logs (default: mvtec)")
     p.add_argument("--epoch", type=int, default=15)
     p.add_argument("--learning_rate", type=float, default=0.001)
     p.add_argument("--print_freq", type=int, default=1, help="log the loss every N epochs")
     p.add_argument("--save_freq", type=int, default=1, help="write a checkpoint every N epochs")
     p.add_argument("--image_loss_weight", type=float, default=0.0,
-                   help="weight of the image-level cross-entropy (the reference computes it but adds 0)")
-    p.add_argument("--feature_cache", choices=MODES, default="auto",
+                   help="weight of the image-level cross-entropy on the global view (the authors: computed, weight 0)")
+    p.add_argument("--feature_cache", choices=FEATURE_CACHE_MODES, default="auto",
                    help="keep encoded views after epoch 1: auto picks device, host memory or disk by size")
-    p.add_argument("--resume", type=path_arg, default=None, help="continue from the last epoch_N.pth in this folder")
-    add_model_arguments(p)
+    p.add_argument("--resume", type=path_arg, default=None,
+                   help="continue from the last epoch_N.pth in this folder, with its settings")
+    add_model_arguments(p, from_checkpoint=False)
     return p
-
 
 
 def evaluation_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Test DHR-CLIP prompts zero-shot on a dataset: per-class table, log.txt and results.json.")
-    p.add_argument("--data_path", type=path_arg, default=None, help="dataset root holding meta.json "
-                   "(default ./data/<dataset>)")
-    p.add_argument("--save_path", type=path_arg, default=path_arg("./results"), help="where the results go")
-    p.add_argument("--checkpoint_path", type=path_arg, default=path_arg("./checkpoint"),
+    p = _parser("Test DHR-CLIP prompts zero-shot on a dataset: per-class table, log.txt and results.json. "
+                "Model settings default to those the checkpoint was trained with.")
+    p.add_argument("--data_path", type=path_arg, default=None,
+                   help="dataset root holding meta.json (default: ./data/<dataset>)")
+    p.add_argument("--save_path", type=path_arg, default=Path("./results"), help="where the results go")
+    p.add_argument("--checkpoint_path", type=path_arg, default=Path("./checkpoint"),
                    help="prompt checkpoint file, or a folder (its latest epoch_N.pth)")
-    p.add_argument("--dataset", default="mvtec", help="name of the test dataset, for logs and the default path")
+    p.add_argument("--dataset", default=None,
+                   help="name of the test dataset, for logs and the default path (default: the data folder's name)")
     p.add_argument("--classes", nargs="+", default=None, help="test only these classes of meta.json")
-    p.add_argument("--metrics", choices=["image-level", "pixel-level", "image-pixel-level"],
-                   default="image-pixel-level")
-    p.add_argument("--sigma", type=float, default=8, help="Gaussian smoothing of the maps (0: none)")
-    p.add_argument("--map_norm", choices=["per-image", "none"], default="per-image",
+    p.add_argument("--metrics", choices=METRIC_LEVELS, default="image-pixel-level")
+    p.add_argument("--map_norm", choices=MAP_NORMS, default="per-image",
                    help="min-max normalise each map (the reference's convention) or keep raw scores")
-    p.add_argument("--aupro", choices=["exact", "legacy"], default="exact",
+    p.add_argument("--aupro", choices=AUPRO_MODES, default="exact",
                    help="exact MVTec AUPRO, or the reference's 200-threshold value for comparing with its tables")
     p.add_argument("--vis", action="store_true", help="write per-image figures with the ground truth")
-    add_model_arguments(p)
+    add_model_arguments(p, from_checkpoint=True)
     return p
 
 
+def prediction_parser() -> argparse.ArgumentParser:
+    p = _parser("Anomaly maps, scores and decisions for your own images. Model settings default to those "
+                "the checkpoint was trained with.")
+    p.add_argument("--checkpoint_path", type=path_arg, required=True, help="prompt checkpoint file or folder")
+    p.add_argument("--input", required=True, help="an image, a folder (searched recursively) or a glob pattern")
+    p.add_argument("--save_path", type=path_arg, default=Path("./predictions"), help="output folder")
+    p.add_argument("--threshold", type=float, default=None, help="image-score threshold")
+    p.add_argument("--pixel_threshold", type=float, default=None,
+                   help="map threshold: outline, and 'anomalous' where exceeded")
+    p.add_argument("--threshold_file", type=path_arg, default=None,
+                   help="a threshold.json written by calibration (refused for other settings or checkpoints)")
+    p.add_argument("--calibrate_on", default=None, help="folder (or glob) of known-good images to set thresholds")
+    p.add_argument("--calibrate_quantile", type=float, default=1.0,
+                   help="quantile of the good images' scores and map maxima used as thresholds (1.0: their maximum)")
+    add_model_arguments(p, from_checkpoint=True)
+    return p
 
-def config_from_args(args: argparse.Namespace) -> DHRConfig:
-    return DHRConfig(
-        image_size=args.image_size, patch_image_size=args.patch_image_size,
-        target_image_size=args.target_image_size, tiles_per_side=args.tiles_per_side,
-        features_list=list(args.features_list), dpam=args.dpam, depth=args.depth, n_ctx=args.n_ctx,
-        t_n_ctx=args.t_n_ctx,
-    )
+
+def demo_parser() -> argparse.ArgumentParser:
+    p = _parser("Run the complete DHR-CLIP protocol on synthetic data: train on some classes, test zero-shot "
+                "on others.")
+    p.add_argument("--save_path", type=path_arg, default=Path("./demo_output"))
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--pretrained", default="openai", help="tag or weights file; 'none' forces the tiny random CLIP")
+    p.add_argument("--epoch", type=int, default=None, help="training epochs (default 8 tiny, 3 real)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--num_workers", type=int, default=0)
+    p.add_argument("--debug", action="store_true")
+    return p
 
 
-def build_model(args: argparse.Namespace, device: torch.device) -> DHRCLIP:
-    """Backbone from --model/--pretrained with fresh prompts, on ``device``."""
-    if args.batch_size < 1:
-        raise UserError(f"--batch_size must be at least 1, got {args.batch_size}")
-    for flag in ("image_size", "patch_image_size", "target_image_size"):
-        if getattr(args, flag) < 1:
-            raise UserError(f"--{flag} must be positive, got {getattr(args, flag)}")
-    config = config_from_args(args)
-    model = DHRCLIP(load_clip(args.model, args.pretrained), config)
-    return model.to(device)
+def model_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The model flags given on the command line (None = not given)."""
+    return {name: getattr(args, name) for name in MODEL_FLAGS}
+
+
+def _data_path(args: argparse.Namespace, given: Path | None) -> Path:
+    return given or Path(f"./data/{args.dataset or 'mvtec'}")
+
+
+def _print_config(resolved: ResolvedConfig) -> None:
+    print(resolved.describe())
+
+
+def _train(args: argparse.Namespace) -> None:
+    from .checkpoint import latest_checkpoint, read_checkpoint
+    from .training import train
+
+    config = TrainConfig(
+        data_path=_data_path(args, args.train_data_path), save_path=args.save_path, dataset=args.dataset,
+        epochs=args.epoch, learning_rate=args.learning_rate, batch_size=args.batch_size,
+        print_freq=args.print_freq, save_freq=args.save_freq, image_loss_weight=args.image_loss_weight,
+        feature_cache=args.feature_cache, resume=args.resume, seed=args.seed, num_workers=args.num_workers,
+        device=args.device, precision=args.precision)
+    last = latest_checkpoint(args.resume) if args.resume is not None else None
+    saved = read_checkpoint(last).config if last is not None else None
+    resolved = resolve_model_config(model_overrides(args), saved=saved, resume=saved is not None)
+    if args.print_config:
+        _print_config(resolved)
+        return
+    train(config, resolved.config)
+
+
+def _load_detector(args: argparse.Namespace):
+    from .detector import DHRCLIP
+
+    overrides = {k: v for k, v in model_overrides(args).items() if k != "pretrained"}
+    if args.print_config:
+        _print_config(DHRCLIP.resolve_config(args.checkpoint_path, args.pretrained, **overrides))
+        return None
+    return DHRCLIP.from_checkpoint(args.checkpoint_path, pretrained=args.pretrained, device=args.device,
+                                   precision=args.precision, **overrides)
+
+
+def _test(args: argparse.Namespace) -> None:
+    from .data import read_meta
+    from .evaluation import evaluate
+
+    config = EvalConfig(
+        data_path=_data_path(args, args.data_path), save_path=args.save_path, dataset=args.dataset,
+        classes=args.classes, metrics=args.metrics, map_norm=args.map_norm, aupro=args.aupro, vis=args.vis,
+        batch_size=args.batch_size, num_workers=args.num_workers, seed=args.seed)
+    read_meta(config.data_path, "test", config.classes)  # a wrong dataset fails before the model loads
+    model = _load_detector(args)
+    if model is not None:
+        evaluate(model, config)
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from .prediction import collect_images, predict
+
+    config = PredictConfig(
+        input=args.input, save_path=args.save_path, threshold=args.threshold, pixel_threshold=args.pixel_threshold,
+        threshold_file=args.threshold_file, calibrate_on=args.calibrate_on,
+        calibrate_quantile=args.calibrate_quantile, batch_size=args.batch_size, num_workers=args.num_workers,
+        seed=args.seed)
+    collect_images(config.input)  # a wrong input fails before the model loads
+    model = _load_detector(args)
+    if model is not None:
+        predict(model, config)
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from .demo import run_demo
+
+    run_demo(args.save_path, model=args.model, pretrained=args.pretrained, epochs=args.epoch, device=args.device,
+             num_workers=args.num_workers)
 
 
 def run(main: Callable[[argparse.Namespace], object], parser: argparse.ArgumentParser,
@@ -120,30 +245,52 @@ def run(main: Callable[[argparse.Namespace], object], parser: argparse.ArgumentP
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     try:
         main(args)
-    except (UserError, torch.cuda.OutOfMemoryError) as exc:
+    except UserError as exc:
         if debug:
             raise
-        message = one_line(exc) if isinstance(exc, UserError) else (
-            f"CUDA ran out of memory at --batch_size {args.batch_size}; try a smaller --batch_size")
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
+        _fail(one_line(exc, {action.dest for action in parser._actions}))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except Exception as exc:
+        if debug or type(exc).__name__ != "OutOfMemoryError":
+            raise
+        _fail(f"CUDA ran out of memory at --batch_size {getattr(args, 'batch_size', '?')}; "
+              f"try a smaller --batch_size")
 
 
-def plain_config(args: argparse.Namespace) -> dict:
-    """Flags as JSON-able plain values (checkpoints load with weights_only)."""
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
-def one_line(exc: UserError) -> str:
-    """The user's message, also when a DataLoader worker wrapped it in its traceback."""
+def one_line(exc: UserError, flags: set[str] | None = None) -> str:
+    """The user's message on one line, also when a DataLoader worker wrapped it in its
+    traceback, with the setting it names shown as its flag."""
     text = str(exc).strip()
     if "Original Traceback" in text:
         text = text.splitlines()[-1].split(f"{UserError.__name__}: ", 1)[-1]
+    field = getattr(exc, "field", None)
+    if field:
+        names = [field, *FLAG_ALIASES.get(field, ())]
+        flag = next((name for name in names if flags is None or name in flags), None)
+        if flag:
+            text = re.sub(rf"(?<![-\w/.]){re.escape(field)}(?![\w/.])", f"--{flag}", text, count=1)
     return text
 
 
-def path_arg(value: str) -> Path:
-    return Path(value).expanduser()
+def train_main(argv: list[str] | None = None) -> None:
+    run(_train, train_parser(), argv)
+
+
+def test_main(argv: list[str] | None = None) -> None:
+    run(_test, evaluation_parser(), argv)
+
+
+def predict_main(argv: list[str] | None = None) -> None:
+    run(_predict, prediction_parser(), argv)
+
+
+def demo_main(argv: list[str] | None = None) -> None:
+    run(_demo, demo_parser(), argv)
+

@@ -1,10 +1,11 @@
-"""Reading images, masks and meta.json indexes (SPEC §8) into canvases for the model."""
+"""Reading images, masks and meta.json indexes (docs/method.md §8) into canvases for the model."""
 from __future__ import annotations
 
 import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Union
 
 import numpy as np
 import torch
@@ -43,8 +44,29 @@ def _high_bit_depth_to_uint8(img: Image.Image) -> np.ndarray:
 
 
 def load_rgb(path: Path) -> Image.Image:
-    """Any reasonable image as 8-bit RGB: grayscale, palette, RGBA, 16-bit, CMYK, EXIF-rotated."""
-    img = _open(path, "image")
+    """Any reasonable image file as 8-bit RGB: grayscale, palette, RGBA, 16-bit, CMYK, EXIF-rotated."""
+    return to_rgb(_open(path, "image"))
+
+
+ImageSource = Union[str, Path, Image.Image, np.ndarray]
+
+
+def image_from_source(source: ImageSource) -> Image.Image:
+    """A path, a PIL image or an (H, W) / (H, W, 3|4) uint8 array as 8-bit RGB."""
+    if isinstance(source, (str, Path)):
+        return load_rgb(Path(source))
+    if isinstance(source, Image.Image):
+        return to_rgb(source)
+    if isinstance(source, np.ndarray):
+        if source.dtype != np.uint8 or not (source.ndim == 2 or (source.ndim == 3 and source.shape[2] in (3, 4))):
+            raise UserError(f"an image array must be uint8 of shape (H, W), (H, W, 3) or (H, W, 4); got "
+                            f"{source.dtype} {source.shape}")
+        return to_rgb(Image.fromarray(source))
+    raise UserError(f"cannot read an image from a {type(source).__name__}: give a path, a PIL image or a uint8 array")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """An opened image in any mode as 8-bit RGB (alpha composited on black)."""
     if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
         img = Image.fromarray(_high_bit_depth_to_uint8(img), mode="L")
     elif img.mode == "P":
@@ -74,7 +96,7 @@ def to_canvas(img: Image.Image, size: int) -> torch.Tensor:
 
 
 def resize_mask(mask: np.ndarray, size: int) -> torch.Tensor:
-    """Bilinear resize of a bool mask to size × size, binarised at 0.5 (SPEC §2)."""
+    """Bilinear resize of a bool mask to size × size, binarised at 0.5 (docs/method.md §2)."""
     img = Image.fromarray(mask.astype(np.float32), mode="F")
     resized = np.asarray(img.resize((size, size), Image.Resampling.BILINEAR))
     return torch.from_numpy(resized > 0.5)
@@ -92,7 +114,7 @@ class Item:
 
 
 def read_meta(root: Path, split: str = "test", classes: list[str] | None = None) -> dict[str, list[Item]]:
-    """Items of ``root/meta.json`` for ``split``, by class, validated against SPEC §8."""
+    """Items of ``root/meta.json`` for ``split``, by class, validated (docs/method.md §8)."""
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"dataset root not found: {root}")
@@ -165,6 +187,9 @@ class CanvasDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    def describe(self, index: int) -> str:
+        return str(self.items[index].image)
+
     def __getitem__(self, index: int) -> dict:
         item = self.items[index]
         img = load_rgb(item.image)
@@ -180,3 +205,22 @@ class CanvasDataset(Dataset):
                 mask = np.zeros((img.height, img.width), dtype=bool)
             sample["mask"] = resize_mask(mask, self.size)
         return sample
+
+
+class ImageDataset(Dataset):
+    """Images from paths, PIL images or arrays as canvases: uint8 (3, T, T), index, original size."""
+
+    def __init__(self, sources: list[ImageSource], canvas_size: int) -> None:
+        self.sources = sources
+        self.size = canvas_size
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def describe(self, index: int) -> str:
+        source = self.sources[index]
+        return str(source) if isinstance(source, (str, Path)) else f"image {index} of the batch"
+
+    def __getitem__(self, index: int) -> dict:
+        img = image_from_source(self.sources[index])
+        return {"image": to_canvas(img, self.size), "index": index, "size": torch.tensor([img.height, img.width])}

@@ -1,4 +1,4 @@
-"""Cache of encoded training views (SPEC §7).
+"""Cache of encoded training views (docs/method.md §7).
 
 The backbone is frozen and training has no augmentation, so every image's
 encoded views are the same in every epoch. The first epoch fills this cache;
@@ -13,12 +13,12 @@ from pathlib import Path
 
 import torch
 
+from .config import FEATURE_CACHE_MODES
 from .errors import UserError
 from .model import ViewFeatures
 
 log = logging.getLogger(__name__)
 
-MODES = ("auto", "off", "memory", "disk")
 _FREE_FRACTION = 0.5  # auto uses at most this share of what is free
 
 
@@ -38,8 +38,8 @@ class FeatureCache:
     """
 
     def __init__(self, mode: str, size: int, device: torch.device, directory: Path) -> None:
-        if mode not in MODES or mode == "off":
-            raise ValueError(f"FeatureCache mode must be one of {MODES[0]}, memory, disk")
+        if mode not in FEATURE_CACHE_MODES or mode == "off":
+            raise ValueError(f"FeatureCache mode must be one of auto, memory, disk; got {mode!r}")
         self.mode, self.size, self.device, self.directory = mode, size, device, Path(directory)
         self.slots: list[torch.Tensor] = []
         self.filled = torch.zeros(size, dtype=torch.bool)
@@ -67,7 +67,7 @@ class FeatureCache:
                     slot = torch.from_file(str(file), shared=True, size=numel, dtype=dtype).view(shape)
                 except RuntimeError as exc:
                     raise UserError(f"cannot create the feature cache file {file} ({exc}); "
-                                    f"free disk space or pass --feature_cache off") from exc
+                                    f"free disk space or set feature_cache off", field="feature_cache") from exc
             else:
                 slot = torch.empty(shape, dtype=dtype, device=self.device if place == "device" else "cpu")
             self.slots.append(slot)

@@ -1,11 +1,11 @@
-"""Building meta.json indexes (SPEC §8) from dataset layouts on disk."""
+"""Building meta.json indexes (docs/method.md §8) from dataset layouts on disk."""
 from __future__ import annotations
 
 import csv
 import logging
 from pathlib import Path
 
-from .checkpoint import save_json
+from .files import save_json
 from .errors import UserError
 
 log = logging.getLogger(__name__)

@@ -16,16 +16,18 @@ def token_probabilities(tokens: torch.Tensor, text: torch.Tensor, grid: tuple[in
     return probs.transpose(1, 2).reshape(tokens.shape[0], 2, *grid)
 
 
-def combine_views(global_probs: torch.Tensor, tile_probs: torch.Tensor, tiles: TileGrid,
+def combine_views(global_probs: torch.Tensor, tile_probs: torch.Tensor, tiles: TileGrid, global_size: int,
                   alpha: float) -> torch.Tensor:
-    """Upsample, stitch and mix one layer's maps (SPEC §5 steps 2-4).
+    """Upsample, stitch and mix one layer's maps (docs/method.md §5 steps 2-4).
 
-    global_probs: (B, 2, r, c) on the global view's token grid, shown at size S;
-    tile_probs: (B·g², 2, r', c') on the tiles' grid, shown at size P.
+    global_probs: (B, 2, r, c) on the global view's token grid, upsampled in two
+    bilinear steps as the method does: grid -> S (the view's own size) -> T;
+    tile_probs: (B·g², 2, r', c') on the tiles' grid, upsampled to P.
     Returns (B, 2, T, T): α·global + (1-α)·tiles.
     """
     t = tiles.canvas
-    global_map = F.interpolate(global_probs, size=(t, t), mode="bilinear", align_corners=False)
+    global_map = F.interpolate(global_probs, size=(global_size, global_size), mode="bilinear", align_corners=False)
+    global_map = F.interpolate(global_map, size=(t, t), mode="bilinear", align_corners=False)
     tile_maps = F.interpolate(tile_probs, size=(tiles.tile, tiles.tile), mode="bilinear", align_corners=False)
     return alpha * global_map + (1 - alpha) * tiles.stitch(tile_maps)
 
@@ -70,14 +72,17 @@ def minmax_normalize(maps: torch.Tensor) -> torch.Tensor:
     return torch.where(span > 0, (maps - low) / span.clamp_min(torch.finfo(maps.dtype).tiny), torch.zeros_like(maps))
 
 
+def view_logits(embedding: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """(N, 2) cosine logits of view embeddings against the two text features, before the temperature."""
+    return F.normalize(embedding.float(), dim=-1) @ text.float().t()
+
+
 def image_logits(global_embedding: torch.Tensor, tile_embedding: torch.Tensor, text: torch.Tensor,
                  tiles: TileGrid, alpha: float) -> torch.Tensor:
     """(B, 2) image logits: α·global + (1-α)·mean over tiles, every view's embedding
-    normalised (the reference left tile embeddings raw, SPEC §9d)."""
-    text = text.float()
-    global_logits = F.normalize(global_embedding.float(), dim=-1) @ text.t()
-    tile_logits = (F.normalize(tile_embedding.float(), dim=-1) @ text.t()).unflatten(0, (-1, tiles.count))
-    return alpha * global_logits + (1 - alpha) * tile_logits.mean(dim=1)
+    normalised (the authors left tile embeddings raw, docs/method.md §6, §9)."""
+    tile_logits = view_logits(tile_embedding, text).unflatten(0, (-1, tiles.count))
+    return alpha * view_logits(global_embedding, text) + (1 - alpha) * tile_logits.mean(dim=1)
 
 
 def image_scores(logits: torch.Tensor) -> torch.Tensor:

@@ -16,10 +16,6 @@ import numpy as np
 from skimage.measure import label as label_regions
 from sklearn.metrics import auc as sklearn_auc
 
-PIXEL_KEYS = ("auroc", "aupro", "f1max", "ap")
-IMAGE_KEYS = ("auroc", "ap", "f1max")
-
-
 @dataclass
 class Steps:
     """Per distinct score, highest first: anomalous count, normal count, PRO weight."""
@@ -163,17 +159,6 @@ def pixel_metrics(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3) -
         "f1max": _f1max(tp, fp) if has_pos else None,
         "ap": _ap(tp, fp) if has_pos else None,
     }
-
-
-def aupro(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3) -> float | None:
-    """Exact MVTec AD AUPRO: area under PRO(FPR) for FPR in [0, fpr_limit], divided by fpr_limit."""
-    masks, maps = _as_arrays(masks, maps)
-    weights, regions = _region_weights(masks)
-    if not regions:
-        return None
-    steps = score_steps(maps, masks, weights)
-    fp = np.cumsum(steps.negatives)
-    return _aupro(steps, fp, fpr_limit) if fp[-1] > 0 else None
 
 
 def image_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float | None]:

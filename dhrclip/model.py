@@ -1,39 +1,22 @@
-"""DHR-CLIP: a frozen CLIP, learned prompts, and the multi-view anomaly maps."""
+"""The DHR-CLIP network: a frozen CLIP, learned prompts, and the multi-view anomaly maps."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from open_clip.model import CLIP
 from torch import nn
 
-from .maps import anomaly_score_map, combine_views, image_logits, token_probabilities
+from .config import ModelConfig
+from .maps import anomaly_score_map, combine_views, gaussian_blur, image_logits, image_scores, token_probabilities
 from .prompts import PromptLearner, TextEncoder
+from .runtime import autocast
 from .tiling import TileGrid
 from .vision import VisionEncoder
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-@dataclass
-class DHRConfig:
-    """Everything that shapes the computation; saved with every checkpoint."""
-
-    image_size: int = 336           # S, global view
-    patch_image_size: int = 224     # P, tile
-    target_image_size: int = 448    # T, canvas
-    tiles_per_side: int = 2         # g
-    features_list: list[int] = field(default_factory=lambda: [6, 12, 18, 24])
-    dpam: int = 20
-    depth: int = 9
-    n_ctx: int = 12
-    t_n_ctx: int = 4
-    alpha: float = 0.75
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
@@ -47,16 +30,18 @@ class ViewFeatures:
     global_grid: tuple[int, int]
     tile_grid: tuple[int, int]
 
-    def tensors(self) -> list[torch.Tensor]:
-        return [*self.global_tokens, *self.tile_tokens, self.global_embedding, self.tile_embedding]
 
+class DHRCLIPModel(nn.Module):
+    """Frozen CLIP backbone plus the trainable ``PromptLearner``.
 
-class DHRCLIP(nn.Module):
-    """Frozen CLIP backbone plus the trainable ``PromptLearner``."""
+    ``precision`` is the autocast dtype of the frozen vision tower only; the text
+    tower, the prompts, the maps and the loss always run in fp32 (docs/method.md §4).
+    """
 
-    def __init__(self, clip: CLIP, config: DHRConfig) -> None:
+    def __init__(self, clip: CLIP, config: ModelConfig, precision: torch.dtype = torch.float32) -> None:
         super().__init__()
         self.config = config
+        self.precision = precision
         self.clip = clip.eval().requires_grad_(False)
         self.tiles = TileGrid(config.target_image_size, config.patch_image_size, config.tiles_per_side)
         self.vision = VisionEncoder(clip.visual, config.features_list, config.dpam)
@@ -66,7 +51,11 @@ class DHRCLIP(nn.Module):
         self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
 
-    def train(self, mode: bool = True) -> DHRCLIP:
+    @property
+    def device(self) -> torch.device:
+        return self.prompt_learner.ctx_pos.device
+
+    def train(self, mode: bool = True) -> DHRCLIPModel:
         """Only the prompts ever train; the backbone stays in eval mode."""
         super().train(mode)
         self.clip.eval()
@@ -81,20 +70,22 @@ class DHRCLIP(nn.Module):
         """Encode the global view and all tiles of a batch of canvases.
 
         All tiles of the batch go through one forward and all global views
-        through another; when S == P they share a single forward.
+        through another; when S == P they share a single forward. The vision
+        tower runs under autocast at ``self.precision``.
         """
         images = self.normalize(canvas)
         s = self.config.image_size
         global_views = F.interpolate(images, size=(s, s), mode="bicubic", antialias=True, align_corners=False)
         tiles = self.tiles.crop(images)
         b = images.shape[0]
-        if global_views.shape[-1] == tiles.shape[-1]:
-            out = self.vision(torch.cat([global_views, tiles]))
-            g_out = t_out = out
-            g_slice, t_slice = slice(0, b), slice(b, None)
-        else:
-            g_out, t_out = self.vision(global_views), self.vision(tiles)
-            g_slice = t_slice = slice(None)
+        with autocast(canvas.device, self.precision):
+            if global_views.shape[-1] == tiles.shape[-1]:
+                out = self.vision(torch.cat([global_views, tiles]))
+                g_out = t_out = out
+                g_slice, t_slice = slice(0, b), slice(b, None)
+            else:
+                g_out, t_out = self.vision(global_views), self.vision(tiles)
+                g_slice = t_slice = slice(None)
         return ViewFeatures(
             global_tokens=[t[g_slice] for t in g_out.tokens],
             tile_tokens=[t[t_slice] for t in t_out.tokens],
@@ -105,14 +96,16 @@ class DHRCLIP(nn.Module):
         )
 
     def text_features(self) -> torch.Tensor:
-        """(2, E) normalised features of the normal and anomalous prompts."""
-        return self.text()
+        """(2, E) normalised fp32 features of the normal and anomalous prompts."""
+        with torch.autocast(self.clip.text_projection.device.type, enabled=False):
+            return self.text()
 
     def layer_maps(self, feats: ViewFeatures, text: torch.Tensor) -> list[torch.Tensor]:
-        """Combined (B, 2, T, T) probability map M for every tapped layer (SPEC §5 steps 1-4)."""
+        """Combined (B, 2, T, T) probability map M for every tapped layer (docs/method.md §5 steps 1-4)."""
         return [
             combine_views(token_probabilities(g, text, feats.global_grid),
-                          token_probabilities(t, text, feats.tile_grid), self.tiles, self.config.alpha)
+                          token_probabilities(t, text, feats.tile_grid), self.tiles, self.config.image_size,
+                          self.config.alpha)
             for g, t in zip(feats.global_tokens, feats.tile_tokens)
         ]
 
@@ -121,5 +114,17 @@ class DHRCLIP(nn.Module):
         return anomaly_score_map(self.layer_maps(feats, text))
 
     def image_logits(self, feats: ViewFeatures, text: torch.Tensor) -> torch.Tensor:
-        """(B, 2) image-level logits (SPEC §6), before the temperature."""
+        """(B, 2) image-level logits (docs/method.md §6), before the temperature."""
         return image_logits(feats.global_embedding, feats.tile_embedding, text, self.tiles, self.config.alpha)
+
+    @torch.no_grad()
+    def forward(self, canvas: torch.Tensor, text: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 (B, 3, T, T) canvases -> smoothed (B, T, T) float32 anomaly maps and (B,) image scores.
+
+        ``text`` is ``text_features()``; pass it when calling batch after batch,
+        since the prompts do not change between batches at inference.
+        """
+        text = self.text_features() if text is None else text
+        feats = self.encode_views(canvas)
+        maps = gaussian_blur(self.anomaly_maps(feats, text).float(), self.config.sigma)
+        return maps, image_scores(self.image_logits(feats, text))

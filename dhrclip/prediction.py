@@ -1,4 +1,4 @@
-"""predict.py: anomaly maps, scores and decisions for your own images, no ground truth needed.
+"""Anomaly maps, scores and decisions for your own images, no ground truth needed.
 
 Decision: an image is anomalous when its image score exceeds the image
 threshold, or when its anomaly map exceeds the pixel threshold anywhere (a
@@ -10,15 +10,14 @@ quantile (default 1.0, the maximum) of the good images' scores and of their
 maps' per-image maxima, so with the default no known-good image is flagged.
 With many calibration images a quantile such as 0.99 tolerates a few
 outliers among them. Maps are raw (smoothed, not normalised per image), so
-thresholds on them mean the same for every image.
+thresholds on them mean the same for every image. A threshold file records
+the settings and checkpoint it was calibrated with; it is refused for others.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import glob
 import io
-import json
 import logging
 import os
 import time
@@ -26,36 +25,20 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 
-from .checkpoint import atomic_write, load_prompts, read_checkpoint, save_json
-from .cli import add_model_arguments, build_model, path_arg, plain_config
-from .data import Item, load_rgb
+from .config import ModelConfig, PredictConfig
+from .data import load_rgb
+from .detector import DHRCLIP
 from .errors import UserError
-from .evaluation import iter_predictions
+from .files import atomic_write, fingerprint, read_json, save_json
 from .indexing import IMAGE_SUFFIXES
-from .runtime import resolve_device, resolve_precision, seed_everything
+from .inference import iter_predictions
+from .runtime import seed_everything
 from .visualize import heatmap_overlay, outline, panels, save_rgb
 
 log = logging.getLogger(__name__)
 
 CSV_FIELDS = ("path", "image_score", "map_max", "decision")
-
-
-def prediction_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Anomaly maps, scores and decisions for your own images.")
-    p.add_argument("--checkpoint_path", type=path_arg, required=True, help="prompt checkpoint file or folder")
-    p.add_argument("--input", required=True, help="an image, a folder (searched recursively) or a glob pattern")
-    p.add_argument("--save_path", type=path_arg, default=path_arg("./predictions"), help="output folder")
-    p.add_argument("--sigma", type=float, default=8, help="Gaussian smoothing of the maps (0: none)")
-    p.add_argument("--threshold", type=float, default=None, help="image-score threshold")
-    p.add_argument("--pixel_threshold", type=float, default=None, help="map threshold: outline, and 'anomalous' where exceeded")
-    p.add_argument("--threshold_file", type=path_arg, default=None, help="a threshold.json written by calibration")
-    p.add_argument("--calibrate_on", default=None, help="folder (or glob) of known-good images to set thresholds")
-    p.add_argument("--calibrate_quantile", type=float, default=1.0,
-                   help="quantile of the good images' scores and map maxima used as thresholds (1.0: their maximum)")
-    add_model_arguments(p)
-    return p
 
 
 def collect_images(spec: str) -> tuple[list[Path], Path]:
@@ -69,62 +52,79 @@ def collect_images(spec: str) -> tuple[list[Path], Path]:
         files = sorted(Path(p) for p in glob.glob(os.path.expanduser(spec), recursive=True)
                        if Path(p).is_file() and Path(p).suffix.lower() in IMAGE_SUFFIXES)
         if not files and not any(ch in spec for ch in "*?["):
-            raise UserError(f"--input {spec}: no such file or folder")
+            raise UserError(f"input {spec}: no such file or folder", field="input")
     if not files:
-        raise UserError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found at {spec}")
+        raise UserError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found at {spec}", field="input")
     base = path if path.is_dir() else Path(os.path.commonpath([f.parent for f in files]))
     return files, base
 
 
-def _items(files: list[Path]) -> list[Item]:
-    return [Item(image=f, mask=None, cls_name="", specie_name="", anomaly=0) for f in files]
-
-
-def calibrate(model, args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> dict:
-    """Thresholds from known-good images (see the module docstring for the rule)."""
-    files, _ = collect_images(args.calibrate_on)
-    if not 0.0 < args.calibrate_quantile <= 1.0:
-        raise UserError(f"--calibrate_quantile must be in (0, 1], got {args.calibrate_quantile}")
+def calibrate(model: DHRCLIP, spec: str, quantile: float, batch_size: int, num_workers: int = 0) -> dict:
+    """Thresholds from known-good images (see the module docstring for the rule), with the
+    settings and checkpoint they hold for."""
+    files, _ = collect_images(spec)
     scores, maxima = [], []
-    for batch in iter_predictions(model, _items(files), args, device, dtype, False, "none", desc="calibrating"):
-        scores.extend(batch.scores.tolist())
-        maxima.extend(batch.maps.flatten(1).max(dim=1).values.cpu().tolist())
-    q = args.calibrate_quantile
+    for _, result in iter_predictions(model.model, files, batch_size, num_workers, desc="calibrating"):
+        scores.append(result.score)
+        maxima.append(result.map_max)
     return {
-        "image_threshold": float(np.quantile(scores, q)),
-        "pixel_threshold": float(np.quantile(maxima, q)),
-        "rule": f"quantile {q} of the known-good images' image scores and per-image map maxima",
+        "image_threshold": float(np.quantile(scores, quantile)),
+        "pixel_threshold": float(np.quantile(maxima, quantile)),
+        "rule": f"quantile {quantile} of the known-good images' image scores and per-image map maxima",
         "calibration_images": len(files),
-        "calibrate_on": str(args.calibrate_on),
+        "calibrate_on": str(spec),
         "good_score_range": [float(min(scores)), float(max(scores))],
-        "checkpoint": str(args.checkpoint_path),
-        "sigma": args.sigma,
+        "checkpoint": str(model.checkpoint) if model.checkpoint else None,
+        "checkpoint_fingerprint": fingerprint(model.checkpoint) if model.checkpoint else None,
+        "config": model.config.to_dict(),
     }
 
 
-def resolve_thresholds(model, args: argparse.Namespace, device: torch.device, dtype: torch.dtype
-                       ) -> tuple[float | None, float | None]:
-    """Image and pixel thresholds from the flags, a threshold file, or calibration (saved to threshold.json)."""
+def check_threshold_file(saved: dict, model: DHRCLIP, path: Path) -> None:
+    """Refuse thresholds calibrated with other settings or another checkpoint, naming the field."""
+    if "config" not in saved:
+        log.warning("%s records no settings (an earlier release): it cannot be checked against this model", path)
+        return
+    recorded = ModelConfig.from_dict(saved["config"], where=str(path))
+    current = model.config
+    same_weights = (recorded.weights_fingerprint == current.weights_fingerprint
+                    if recorded.weights_fingerprint or current.weights_fingerprint
+                    else recorded.pretrained == current.pretrained)
+    name = None if same_weights else "pretrained"
+    name = name or current.first_difference(recorded, ignore=("pretrained", "weights_fingerprint"))
+    if name is not None:
+        raise UserError(f"{path} was calibrated with {name}={getattr(recorded, name)}, but this run uses "
+                        f"{name}={getattr(current, name)}; recalibrate with calibrate_on or use the same setting",
+                        field=name)
+    own = fingerprint(model.checkpoint) if model.checkpoint else None
+    if saved.get("checkpoint_fingerprint") != own:
+        raise UserError(f"{path} was calibrated for the checkpoint {saved.get('checkpoint')}, not "
+                        f"{model.checkpoint}; recalibrate with calibrate_on", field="threshold_file")
+
+
+def resolve_thresholds(model: DHRCLIP, config: PredictConfig) -> tuple[float | None, float | None]:
+    """Image and pixel thresholds from the settings, a threshold file, or calibration (saved to threshold.json)."""
     image_t, pixel_t = None, None
-    if args.threshold_file is not None:
+    if config.threshold_file is not None:
+        saved = read_json(config.threshold_file, "threshold_file")
         try:
-            saved = json.loads(Path(args.threshold_file).read_text())
             image_t, pixel_t = float(saved["image_threshold"]), saved.get("pixel_threshold")
-        except FileNotFoundError as exc:
-            raise UserError(f"--threshold_file {args.threshold_file} not found") from exc
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise UserError(f"--threshold_file {args.threshold_file} is not a threshold.json ({exc})") from exc
-    if args.calibrate_on is not None:
-        found = calibrate(model, args, device, dtype)
-        save_json(Path(args.save_path) / "threshold.json", found)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UserError(f"threshold_file {config.threshold_file} is not a threshold.json ({exc})",
+                            field="threshold_file") from exc
+        check_threshold_file(saved, model, config.threshold_file)
+    if config.calibrate_on is not None:
+        found = calibrate(model, config.calibrate_on, config.calibrate_quantile, config.batch_size,
+                          config.num_workers)
+        save_json(config.save_path / "threshold.json", found)
         log.info("calibrated on %d good images: image threshold %.4f, pixel threshold %.4f (saved to %s)",
                  found["calibration_images"], found["image_threshold"], found["pixel_threshold"],
-                 Path(args.save_path) / "threshold.json")
+                 config.save_path / "threshold.json")
         image_t, pixel_t = found["image_threshold"], found["pixel_threshold"]
-    if args.threshold is not None:
-        image_t = args.threshold
-    if args.pixel_threshold is not None:
-        pixel_t = args.pixel_threshold
+    if config.threshold is not None:
+        image_t = config.threshold
+    if config.pixel_threshold is not None:
+        pixel_t = config.pixel_threshold
     return image_t, pixel_t
 
 
@@ -137,42 +137,35 @@ def _figure(image: np.ndarray, amap: np.ndarray, score: float, pixel_t: float | 
     return panels(row)
 
 
-def predict(args: argparse.Namespace) -> list[dict]:
+def predict(model: DHRCLIP, config: PredictConfig) -> list[dict]:
     """Write a figure and a float16 map per image, and predictions.csv/.json for all of them."""
     started = time.perf_counter()
-    seed_everything(args.seed)
-    device = resolve_device(args.device)
-    dtype = resolve_precision(args.precision, device)
-    files, base = collect_images(args.input)
-    checkpoint = read_checkpoint(Path(args.checkpoint_path))
-    model = build_model(args, device)
-    load_prompts(model.prompt_learner, checkpoint)
-    out = Path(args.save_path)
-    image_t, pixel_t = resolve_thresholds(model, args, device, dtype)
+    seed_everything(config.seed)
+    files, base = collect_images(config.input)
+    out = config.save_path
+    image_t, pixel_t = resolve_thresholds(model, config)
 
     rows: list[dict] = []
-    for batch in iter_predictions(model, _items(files), args, device, dtype, False, "none", desc="predicting"):
-        maps = batch.maps.float().cpu().numpy()
-        for k, i in enumerate(batch.index):
-            source = files[i]
-            h, w = (int(v) for v in batch.sizes[k])
-            amap = cv2.resize(maps[k], (w, h), interpolation=cv2.INTER_LINEAR)
-            relative = source.relative_to(base)
-            relative = relative.with_name(relative.name.replace(".", "_"))  # a.png and a.jpg stay apart
-            np.save(_ensure_parent(out / "maps" / f"{relative}.npy"), amap.astype(np.float16))
-            score, peak = float(batch.scores[k]), float(maps[k].max())
-            scale = min(1.0, 1024 / max(h, w))
-            shown = cv2.resize(amap, (max(1, round(w * scale)), max(1, round(h * scale))))
-            image = np.asarray(load_rgb(source).resize(shown.shape[::-1]), dtype=np.uint8)
-            save_rgb(out / "figures" / f"{relative}.png", _figure(image, shown, score, pixel_t))
-            rows.append({"path": str(source), "image_score": score, "map_max": peak,
-                         "decision": decide(score, peak, image_t, pixel_t)})
+    for i, result in iter_predictions(model.model, files, config.batch_size, config.num_workers):
+        source = files[i]
+        amap = result.anomaly_map
+        h, w = amap.shape
+        relative = source.relative_to(base)
+        relative = relative.with_name(relative.name.replace(".", "_"))  # a.png and a.jpg stay apart
+        np.save(_ensure_parent(out / "maps" / f"{relative}.npy"), amap.astype(np.float16))
+        scale = min(1.0, 1024 / max(h, w))
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        shown = amap if size == (w, h) else cv2.resize(amap, size)
+        image = np.asarray(load_rgb(source).resize(shown.shape[::-1]), dtype=np.uint8)
+        save_rgb(out / "figures" / f"{relative}.png", _figure(image, shown, result.score, pixel_t))
+        rows.append({"path": str(source), "image_score": result.score, "map_max": result.map_max,
+                     "decision": decide(result.score, result.map_max, image_t, pixel_t)})
     rows.sort(key=lambda r: r["path"])
-    _write_table(out, rows, image_t, pixel_t, args)
+    _write_table(out, rows, image_t, pixel_t, model, config)
     anomalous = sum(r["decision"] == "anomalous" for r in rows)
     known = image_t is not None or pixel_t is not None
     summary = f"{len(rows)} images, " + (f"{anomalous} anomalous, " if known else
-                                         "no threshold (pass --threshold or --calibrate_on), ")
+                                         "no threshold (give threshold or calibrate_on), ")
     print(f"{summary}{time.perf_counter() - started:.1f} s; results in {out}/predictions.csv")
     return rows
 
@@ -190,12 +183,14 @@ def _ensure_parent(path: Path) -> Path:
     return path
 
 
-def _write_table(out: Path, rows: list[dict], image_t: float | None, pixel_t: float | None,
-                 args: argparse.Namespace) -> None:
+def _write_table(out: Path, rows: list[dict], image_t: float | None, pixel_t: float | None, model: DHRCLIP,
+                 config: PredictConfig) -> None:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS)
     writer.writeheader()
     writer.writerows(rows)
     atomic_write(out / "predictions.csv", lambda f: f.write(buffer.getvalue().encode()))
-    save_json(out / "predictions.json", {"image_threshold": image_t, "pixel_threshold": pixel_t,
-                                         "config": plain_config(args), "predictions": rows})
+    save_json(out / "predictions.json", {
+        "image_threshold": image_t, "pixel_threshold": pixel_t,
+        "checkpoint": str(model.checkpoint) if model.checkpoint else None,
+        "config": model.config.to_dict(), "predict_config": config.to_dict(), "predictions": rows})

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import UserError
-from .vision import block_forward
+from .attention import block_forward
 
 NORMAL_TEMPLATE = "object."
 ANOMALOUS_TEMPLATE = "damaged object."
@@ -16,8 +16,8 @@ ANOMALOUS_TEMPLATE = "damaged object."
 class PromptLearner(nn.Module):
     """The only trained parameters of DHR-CLIP.
 
-    Parameter names and shapes follow the reference (and AnomalyCLIP), so their
-    checkpoints load into this module and ours into theirs:
+    Parameter names and shapes follow the authors' code (and AnomalyCLIP), so
+    their checkpoints load into this module (docs/method.md §4):
     ``ctx_pos``/``ctx_neg`` (1, 1, n_ctx, width) are the learned words of the
     normal / anomalous prompt; ``compound_prompts_text.{i}`` (t_n_ctx, width)
     replace token positions 1..t_n_ctx before text block i + 1.
@@ -26,9 +26,9 @@ class PromptLearner(nn.Module):
     def __init__(self, width: int, n_ctx: int = 12, depth: int = 9, t_n_ctx: int = 4) -> None:
         super().__init__()
         if n_ctx < 1 or t_n_ctx < 0 or depth < 1:
-            raise UserError(f"--n_ctx {n_ctx}, --t_n_ctx {t_n_ctx}, --depth {depth}: all must be positive")
+            raise UserError(f"n_ctx {n_ctx}, t_n_ctx {t_n_ctx}, depth {depth}: all must be positive", field="n_ctx")
         if t_n_ctx > n_ctx:
-            raise UserError(f"--t_n_ctx {t_n_ctx} must not exceed --n_ctx {n_ctx}")
+            raise UserError(f"t_n_ctx {t_n_ctx} must not exceed n_ctx {n_ctx}", field="t_n_ctx")
         self.n_ctx, self.depth, self.t_n_ctx, self.width = n_ctx, depth, t_n_ctx, width
         self.ctx_pos = nn.Parameter(torch.empty(1, 1, n_ctx, width).normal_(std=0.02))
         self.ctx_neg = nn.Parameter(torch.empty(1, 1, n_ctx, width).normal_(std=0.02))
@@ -49,13 +49,14 @@ class TextEncoder(nn.Module):
         self.prompts = prompts
         layers = len(clip.transformer.resblocks)
         if prompts.depth > layers:
-            raise UserError(f"--depth {prompts.depth} exceeds the text encoder's {layers} layers")
+            raise UserError(f"depth {prompts.depth} exceeds the text encoder's {layers} layers", field="depth")
         context_length = clip.positional_embedding.shape[0]
         placeholder = " ".join(["X"] * prompts.n_ctx)
         texts = [f"{placeholder} {NORMAL_TEMPLATE}", f"{placeholder} {ANOMALOUS_TEMPLATE}"]
         needed = int(open_clip.tokenize(texts, context_length=prompts.n_ctx + 16).ne(0).sum(dim=-1).max())
         if needed > context_length:
-            raise UserError(f"--n_ctx {prompts.n_ctx} does not fit the text encoder's context of {context_length} tokens")
+            raise UserError(f"n_ctx {prompts.n_ctx} does not fit the text encoder's context of {context_length} tokens",
+                            field="n_ctx")
         tokens = open_clip.tokenize(texts, context_length=context_length)
         self.register_buffer("tokens", tokens, persistent=False)
 

@@ -25,16 +25,16 @@ class TileGrid:
 
     def __post_init__(self) -> None:
         if self.per_side < 1:
-            raise UserError(f"the tile grid needs at least one tile per side, got {self.per_side}")
+            raise UserError(f"tiles_per_side must be at least 1, got {self.per_side}", field="tiles_per_side")
         if self.tile > self.canvas:
             raise UserError(
-                f"tile size --patch_image_size {self.tile} is larger than the canvas "
-                f"--target_image_size {self.canvas}; use a tile no larger than the canvas")
+                f"tile size patch_image_size {self.tile} is larger than the canvas "
+                f"target_image_size {self.canvas}; use a tile no larger than the canvas", field="patch_image_size")
         if self.per_side * self.tile < self.canvas:
             raise UserError(
                 f"{self.per_side}x{self.per_side} tiles of {self.tile}px leave gaps on a {self.canvas}px canvas; "
-                f"raise --patch_image_size to at least {-(-self.canvas // self.per_side)} "
-                f"or lower --target_image_size")
+                f"raise patch_image_size to at least {-(-self.canvas // self.per_side)} "
+                f"or lower target_image_size", field="patch_image_size")
 
     @cached_property
     def offsets(self) -> tuple[int, ...]:

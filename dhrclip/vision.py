@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import dual_attention, self_attention
+from .attention import block_forward, dual_attention
 from .errors import UserError
 
 log = logging.getLogger(__name__)
@@ -27,12 +27,6 @@ class VisionOutput:
     tokens: list[torch.Tensor]
     embedding: torch.Tensor
     grid: tuple[int, int]
-
-
-def block_forward(block: nn.Module, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """One open_clip ``ResidualAttentionBlock`` on (B, N, D) tokens."""
-    x = x + block.ls_1(self_attention(block.attn, block.ln_1(x), attn_mask))
-    return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
 class VisionEncoder(nn.Module):
@@ -54,9 +48,9 @@ class VisionEncoder(nn.Module):
         self.layers = len(visual.transformer.resblocks)
         bad = [layer for layer in features_list if not 1 <= layer <= self.layers]
         if bad:
-            raise UserError(f"--features_list {bad} is outside the model's layers 1..{self.layers}")
+            raise UserError(f"features_list {bad} is outside the model's layers 1..{self.layers}", field="features_list")
         if not 1 <= dpam <= self.layers:
-            raise UserError(f"--dpam {dpam} must be between 1 and the model's depth {self.layers}")
+            raise UserError(f"dpam {dpam} must be between 1 and the model's depth {self.layers}", field="dpam")
         self.features_list = list(features_list)
         self.first_dual = self.layers - dpam + 2  # 1-based index of the first dual-path block
         self.patch_size = visual.conv1.kernel_size[0]

@@ -1,12 +1,9 @@
 """Shared command line of the dataset index generators."""
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from dhrclip.cli import run  # noqa: E402
-from dhrclip.indexing import mvtec_layout_index, write_meta  # noqa: E402
+from dhrclip.cli import run
+from dhrclip.indexing import mvtec_layout_index, write_meta
 
 
 def mvtec_style_main(description: str, standard_classes: list[str]) -> None:
@@ -16,4 +13,3 @@ def mvtec_style_main(description: str, standard_classes: list[str]) -> None:
     parser.add_argument("--classes", nargs="+", default=None, help="only these classes (default: all found)")
     parser.add_argument("--debug", action="store_true")
     run(lambda a: write_meta(a.root, mvtec_layout_index(a.root, a.classes, standard_classes)), parser)
-

@@ -10,17 +10,14 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import sys
 import time
-from pathlib import Path
 
 import cv2
 import numpy as np
 from skimage import measure
 from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_auc_score
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from dhrclip.metrics import image_metrics, pixel_metrics  # noqa: E402
+from dhrclip.metrics import image_metrics, pixel_metrics
 
 # MVTec AD test split: (normal, anomalous) images per class, 1,725 in all.
 MVTEC_TEST = [(20, 63), (58, 92), (23, 109), (28, 89), (21, 57), (40, 70), (32, 92), (22, 93), (26, 141),

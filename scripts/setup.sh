@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv and install DHR-CLIP's dependencies; --dev adds the test tools.
+# Create .venv and install DHR-CLIP into it (editable); --dev adds the test tools.
 # TORCH_SPEC picks the PyTorch build (default: the release pinned for this project's machines).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,8 +10,8 @@ TORCH_SPEC=${TORCH_SPEC:-"torch==2.14.1 torchvision==0.29.1"}
 # shellcheck disable=SC2086
 .venv/bin/python -m pip install --quiet $TORCH_SPEC
 if [ "${1:-}" = "--dev" ]; then
-  .venv/bin/python -m pip install --quiet -r requirements-dev.txt
+  .venv/bin/python -m pip install --quiet -e ".[dev]"
 else
-  .venv/bin/python -m pip install --quiet -r requirements.txt
+  .venv/bin/python -m pip install --quiet -e .
 fi
-echo "environment ready: .venv ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"
+echo "environment ready: .venv ($(.venv/bin/python -c 'import dhrclip, torch; print("dhrclip", dhrclip.__version__, "torch", torch.__version__)'))"

@@ -1,24 +1,39 @@
-"""Shared fixtures: a tiny OpenAI-format CLIP file and two small synthetic datasets."""
+"""Shared fixtures: a tiny OpenAI-format CLIP file, two small synthetic datasets, small settings."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from dhrclip.config import ModelConfig, TrainConfig
+from dhrclip.indexing import mvtec_layout_index, write_meta
+from dhrclip.synthetic import save_openai_format, tiny_clip, write_mvtec_dataset
+from dhrclip.training import train
 
-from dhrclip.indexing import mvtec_layout_index, write_meta  # noqa: E402
-from dhrclip.synthetic import save_openai_format, tiny_clip, write_mvtec_dataset  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 torch.set_num_threads(2)
 
-# Flags for the tiny model: S=56, P=70 (tiles overlap on a 112 canvas), two taps.
+# The tiny model: S=56, P=70 (tiles overlap on a 112 canvas), two taps.
+SMALL_MODEL = dict(image_size=56, patch_image_size=70, target_image_size=112, features_list=(2, 4), dpam=3,
+                   depth=3, n_ctx=6, t_n_ctx=2)
+RUNTIME = ["--num_workers", "0", "--batch_size", "4", "--device", "cpu"]
+# The same as flags, for the command-line tests.
 SMALL = ["--image_size", "56", "--patch_image_size", "70", "--target_image_size", "112",
-         "--features_list", "2", "4", "--dpam", "3", "--depth", "3", "--n_ctx", "6", "--t_n_ctx", "2",
-         "--num_workers", "0", "--batch_size", "4", "--device", "cpu"]
+         "--features_list", "2", "4", "--dpam", "3", "--depth", "3", "--n_ctx", "6", "--t_n_ctx", "2", *RUNTIME]
+
+
+def small_config(clip_file: Path, **changes) -> ModelConfig:
+    return ModelConfig(pretrained=str(clip_file), **{**SMALL_MODEL, **changes})
+
+
+def train_small(data: Path, save_path: Path, clip_file: Path, epochs: int = 1, model: ModelConfig | None = None,
+                **settings) -> list[dict]:
+    """Train the tiny model through the library API."""
+    config = TrainConfig(data_path=data, save_path=save_path, epochs=epochs, batch_size=4, num_workers=0,
+                         device="cpu", **settings)
+    return train(config, model or small_config(clip_file))
 
 
 @pytest.fixture(scope="session")
@@ -41,3 +56,11 @@ def source_data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def target_data(tmp_path_factory) -> Path:
     return _dataset(tmp_path_factory.mktemp("target"), ["checker", "ring"], seed=2)
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory, clip_file, source_data) -> Path:
+    """Prompts trained one epoch on the tiny model, saved as epoch_1.pth in a folder."""
+    out = tmp_path_factory.mktemp("ckpt")
+    train_small(source_data, out, clip_file)
+    return out

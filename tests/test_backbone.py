@@ -17,7 +17,8 @@ def same_weights(a, b):
 
 
 def test_openai_format_file_roundtrip_infers_architecture(clip_file):
-    model = load_clip(pretrained=str(clip_file))  # --model default is ViT-L; the file decides
+    model, file = load_clip(pretrained=str(clip_file))  # the default model is ViT-L; the file decides
+    assert file == clip_file
     assert same_weights(model, tiny_clip(seed=0))
     assert len(model.visual.transformer.resblocks) == 4
     assert type(model.visual.transformer.resblocks[0].mlp.gelu).__name__ == "QuickGELU"
@@ -27,7 +28,7 @@ def test_narrow_openai_file_gets_one_head_per_tower(tmp_path):
     model = tiny_clip(seed=6, vision_width=32, text_width=32, embed_dim=16)
     path = tmp_path / "narrow.pt"
     torch.save(model.state_dict(), path)
-    loaded = load_clip(pretrained=str(path))
+    loaded, _ = load_clip(pretrained=str(path))
     assert same_weights(loaded, model)
     assert loaded.visual.transformer.resblocks[0].attn.num_heads == 1
     assert loaded.transformer.resblocks[0].attn.num_heads == 1
@@ -37,7 +38,7 @@ def test_half_precision_openai_file_loads_as_fp32(tmp_path):
     model = tiny_clip(seed=3)
     path = tmp_path / "half.pt"
     torch.save({k: v.half() for k, v in model.state_dict().items()}, path)
-    loaded = load_clip(pretrained=str(path))
+    loaded, _ = load_clip(pretrained=str(path))
     assert loaded.visual.proj.dtype == torch.float32
 
 
@@ -46,16 +47,16 @@ def test_jit_archive_loads_through_torch_jit(tmp_path):
     scripted = torch.jit.script(model)
     path = tmp_path / "tiny_jit.pt"
     torch.jit.save(scripted, str(path))
-    assert same_weights(load_clip(pretrained=str(path)), model)
+    assert same_weights(load_clip(pretrained=str(path))[0], model)
 
 
 def test_safetensors_and_wrapped_open_clip_state_dicts(tmp_path):
     from safetensors.torch import save_file
     model = tiny_clip(seed=5)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "w.safetensors"))
-    assert same_weights(load_clip(pretrained=str(tmp_path / "w.safetensors")), model)
+    assert same_weights(load_clip(pretrained=str(tmp_path / "w.safetensors"))[0], model)
     torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, tmp_path / "wrapped.pt")
-    assert same_weights(load_clip(pretrained=str(tmp_path / "wrapped.pt")), model)
+    assert same_weights(load_clip(pretrained=str(tmp_path / "wrapped.pt"))[0], model)
 
 
 def test_file_matching_model_config_uses_that_config(tmp_path):
@@ -63,7 +64,7 @@ def test_file_matching_model_config_uses_that_config(tmp_path):
     model = open_clip.create_model("ViT-B-16", pretrained=None)  # GELU, not QuickGELU
     path = tmp_path / "vitb16.pt"
     torch.save(model.state_dict(), path)
-    loaded = load_clip("ViT-B-16", str(path))
+    loaded, _ = load_clip("ViT-B-16", str(path))
     assert type(loaded.visual.transformer.resblocks[0].mlp.gelu).__name__ == "GELU"
 
 
@@ -73,7 +74,7 @@ def test_unreachable_tag_fails_fast_with_instructions(monkeypatch):
     monkeypatch.setattr(backbone, "download_pretrained", offline)
     monkeypatch.setattr(backbone, "_reachable", lambda host, timeout=5.0: True)
     started = time.perf_counter()
-    with pytest.raises(UserError, match="ViT-L-14-336px.pt.*--pretrained"):
+    with pytest.raises(UserError, match="ViT-L-14-336px.pt.*pretrained"):
         load_clip("ViT-L-14-336-quickgelu", "openai")
     assert time.perf_counter() - started < 10
 
@@ -112,11 +113,34 @@ def test_crafted_pickle_weights_are_refused_without_running(tmp_path):
 def test_offline_tag_without_cache_fails_at_once(monkeypatch):
     monkeypatch.setattr(backbone, "_reachable", lambda host, timeout=5.0: False)
     monkeypatch.setattr(backbone, "_cached", lambda cfg: None)
-    with pytest.raises(UserError, match="cannot be reached.*--pretrained /path/to/ViT-L-14-336px.pt"):
+    with pytest.raises(UserError, match="cannot be reached.*pretrained as /path/to/ViT-L-14-336px.pt"):
         load_clip("ViT-L-14-336-quickgelu", "openai")
 
 
 def test_offline_tag_uses_a_cached_copy(monkeypatch, clip_file):
     monkeypatch.setattr(backbone, "_reachable", lambda host, timeout=5.0: False)
     monkeypatch.setattr(backbone, "_cached", lambda cfg: clip_file)
-    assert len(load_clip("ViT-L-14-336-quickgelu", "openai").visual.transformer.resblocks) == 4
+    assert len(load_clip("ViT-L-14-336-quickgelu", "openai")[0].visual.transformer.resblocks) == 4
+
+
+def _openai_style_file(path, model):
+    """``model``'s weights with the extra keys only OpenAI's own files carry."""
+    state = dict(model.state_dict())
+    state.update(input_resolution=torch.tensor(224), context_length=torch.tensor(77), vocab_size=torch.tensor(49408))
+    torch.save(state, path)
+    return path
+
+
+def test_openai_weights_in_a_gelu_architecture_are_refused_naming_the_right_model(tmp_path, monkeypatch):
+    import open_clip
+    path = _openai_style_file(tmp_path / "ViT-B-16.pt", open_clip.create_model("ViT-B-16", pretrained=None))
+    with pytest.raises(UserError, match="use model ViT-B-16-quickgelu") as error:
+        load_clip("ViT-B-16", str(path))
+    assert error.value.field == "model"
+    loaded, _ = load_clip("ViT-B-16-quickgelu", str(path))
+    assert type(loaded.visual.transformer.resblocks[0].mlp.gelu).__name__ == "QuickGELU"
+    plain = tmp_path / "plain.pt"  # the same layout saved by open_clip (no OpenAI keys) is a GELU model's file
+    torch.save(open_clip.create_model("ViT-B-16", pretrained=None).state_dict(), plain)
+    monkeypatch.setattr(backbone, "_download", lambda model, tag: plain)
+    with pytest.raises(UserError, match="QuickGELU"):  # the 'openai' tag means OpenAI's weights
+        load_clip("ViT-B-16", "openai")

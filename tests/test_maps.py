@@ -27,7 +27,7 @@ def test_combine_views_mixes_global_and_stitched_tiles():
     g[:, 1] = 1.0                      # global view says anomalous everywhere
     t = torch.zeros(4, 2, 1, 1)
     t[:, 0] = 1.0                      # tiles say normal everywhere
-    m = combine_views(g, t, grid, alpha=0.75)
+    m = combine_views(g, t, grid, global_size=6, alpha=0.75)
     assert m.shape == (1, 2, 8, 8)
     assert torch.allclose(m[:, 1], torch.full((1, 8, 8), 0.75))
     assert torch.allclose(m[:, 0], torch.full((1, 8, 8), 0.25))
@@ -44,3 +44,30 @@ def test_image_score_normalises_every_view_by_hand():
     assert torch.allclose(logits[0], mixed, atol=1e-6)
     want = torch.softmax(mixed / 0.07, 0)[1]
     assert torch.allclose(image_scores(logits)[0], want, atol=1e-6)
+
+
+def bilinear(image, size):
+    """Plain bilinear resize of a 2-D array with half-pixel centres (align_corners=False), pixel by pixel."""
+    h, w = image.shape
+    out = np.zeros((size, size))
+    for y in range(size):
+        for x in range(size):
+            sy, sx = max((y + 0.5) * h / size - 0.5, 0), max((x + 0.5) * w / size - 0.5, 0)
+            y0, x0 = min(int(sy), h - 1), min(int(sx), w - 1)
+            y1, x1 = min(y0 + 1, h - 1), min(x0 + 1, w - 1)
+            fy, fx = sy - y0, sx - x0
+            top = image[y0, x0] * (1 - fx) + image[y0, x1] * fx
+            bottom = image[y1, x0] * (1 - fx) + image[y1, x1] * fx
+            out[y, x] = top * (1 - fy) + bottom * fy
+    return out
+
+
+def test_global_map_is_upsampled_in_two_steps_grid_to_s_to_t():
+    rng = np.random.default_rng(0)
+    grid = TileGrid(20, 12)
+    g = torch.tensor(rng.random((1, 2, 3, 3)), dtype=torch.float64)
+    t = torch.zeros(4, 2, 2, 2, dtype=torch.float64)
+    got = combine_views(g, t, grid, global_size=7, alpha=1.0)[0, 1].numpy()
+    want = bilinear(bilinear(g[0, 1].numpy(), 7), 20)
+    assert np.allclose(got, want, atol=1e-12)
+    assert not np.allclose(got, bilinear(g[0, 1].numpy(), 20), atol=1e-3)  # one step would differ

@@ -1,28 +1,26 @@
 """predict.py on your own images, thresholds and calibration, custom dataset indexes."""
 import csv
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import SMALL
-from dhrclip.cli import evaluation_parser, train_parser
+from conftest import RUNTIME, train_small
+from dhrclip import DHRCLIP, EvalConfig, PredictConfig, cli, evaluate, predict
 from dhrclip.errors import UserError
-from dhrclip.evaluation import evaluate
 from dhrclip.indexing import csv_index, folder_index, write_meta
-from dhrclip.prediction import decide, predict, prediction_parser
+from dhrclip.prediction import decide
 from dhrclip.synthetic import paint_defect, synthetic_image
-from dhrclip.training import train
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, clip_file, source_data):
-    out = tmp_path_factory.mktemp("ckpt")
-    train(train_parser().parse_args(["--train_data_path", str(source_data), "--save_path", str(out),
-                                     "--pretrained", str(clip_file), "--epoch", "1", *SMALL]))
-    return out
+def predict_cli(*argv):
+    """predict.py's command line; returns the rows of predictions.json."""
+    cli.predict_main([*argv, *RUNTIME])
+    save_path = argv[list(argv).index("--save_path") + 1]
+    return json.loads((Path(save_path) / "predictions.json").read_text())["predictions"]
 
 
 def write_odd_images(folder):
@@ -44,9 +42,9 @@ def write_odd_images(folder):
 
 def test_predict_writes_a_figure_a_map_and_a_row_per_image(tmp_path, clip_file, checkpoint):
     shapes = write_odd_images(tmp_path / "in")
-    rows = predict(prediction_parser().parse_args(["--checkpoint_path", str(checkpoint), "--input",
-                                                   str(tmp_path / "in"), "--save_path", str(tmp_path / "out"),
-                                                   "--pretrained", str(clip_file), *SMALL]))
+    # The checkpoint brings back its settings, the weights file included: no model flags needed.
+    rows = predict_cli("--checkpoint_path", str(checkpoint), "--input", str(tmp_path / "in"),
+                       "--save_path", str(tmp_path / "out"))
     assert len(rows) == len(shapes)
     for name, shape in shapes.items():
         stem = name.replace(".", "_")
@@ -64,13 +62,11 @@ def test_predict_writes_a_figure_a_map_and_a_row_per_image(tmp_path, clip_file, 
 
 def test_predict_accepts_a_glob_and_a_single_file(tmp_path, clip_file, checkpoint):
     write_odd_images(tmp_path / "in")
-    common = ["--checkpoint_path", str(checkpoint), "--pretrained", str(clip_file), *SMALL, "--threshold", "0.5"]
-    rows = predict(prediction_parser().parse_args(["--input", str(tmp_path / "in" / "*.png"),
-                                                   "--save_path", str(tmp_path / "g"), *common]))
+    common = ["--checkpoint_path", str(checkpoint), "--pretrained", str(clip_file), "--threshold", "0.5"]
+    rows = predict_cli("--input", str(tmp_path / "in" / "*.png"), "--save_path", str(tmp_path / "g"), *common)
     assert sorted(r["path"].rsplit("/", 1)[-1] for r in rows) == ["deep16.png", "wide.png"]
     assert all(r["decision"] in ("normal", "anomalous") for r in rows)
-    one = predict(prediction_parser().parse_args(["--input", str(tmp_path / "in" / "wide.jpg"),
-                                                  "--save_path", str(tmp_path / "one"), *common]))
+    one = predict_cli("--input", str(tmp_path / "in" / "wide.jpg"), "--save_path", str(tmp_path / "one"), *common)
     assert len(one) == 1
 
 
@@ -106,19 +102,16 @@ def test_calibration_separates_a_clearly_defective_image(tmp_path, clip_file):
         cv2.imwrite(str(tmp_path / "good" / f"{i}.png"), synthetic_image("grain", 64, 64, rng)[..., ::-1])
     cv2.imwrite(str(tmp_path / "query" / "bad.png"), _defective(synthetic_image("grain", 64, 64, rng))[0][..., ::-1])
     cv2.imwrite(str(tmp_path / "query" / "good.png"), synthetic_image("grain", 64, 64, rng)[..., ::-1])
-    train(train_parser().parse_args(["--train_data_path", str(root), "--save_path", str(tmp_path / "ckpt"),
-                                     "--pretrained", str(clip_file), "--epoch", "15", "--image_loss_weight", "1",
-                                     *SMALL]))
-    common = ["--checkpoint_path", str(tmp_path / "ckpt"), "--input", str(tmp_path / "query"),
-              "--pretrained", str(clip_file), *SMALL]
-    rows = predict(prediction_parser().parse_args([*common, "--save_path", str(tmp_path / "out"),
-                                                   "--calibrate_on", str(tmp_path / "good")]))
+    train_small(root, tmp_path / "ckpt", clip_file, epochs=15, image_loss_weight=1.0)
+    model = DHRCLIP.from_checkpoint(tmp_path / "ckpt", device="cpu")
+    common = dict(input=str(tmp_path / "query"), batch_size=4, num_workers=0)
+    rows = predict(model, PredictConfig(**common, save_path=tmp_path / "out", calibrate_on=str(tmp_path / "good")))
     decisions = {r["path"].rsplit("/", 1)[-1]: r["decision"] for r in rows}
     assert decisions == {"bad.png": "anomalous", "good.png": "normal"}
     saved = json.loads((tmp_path / "out" / "threshold.json").read_text())
     assert saved["calibration_images"] == 4 and saved["rule"].startswith("quantile 1.0")
-    again = predict(prediction_parser().parse_args([*common, "--save_path", str(tmp_path / "again"),
-                                                    "--threshold_file", str(tmp_path / "out" / "threshold.json")]))
+    again = predict(model, PredictConfig(**common, save_path=tmp_path / "again",
+                                         threshold_file=tmp_path / "out" / "threshold.json"))
     assert [r["decision"] for r in again] == [r["decision"] for r in rows]
 
 
@@ -143,16 +136,14 @@ def test_folder_layout_index_is_accepted_by_test_py(tmp_path, clip_file, checkpo
     assert list(meta["test"]) == ["widgets"] and len(meta["test"]["widgets"]) == 6
     assert all(bool(r["mask_path"]) == (with_masks and r["anomaly"] == 1) for r in meta["test"]["widgets"])
     write_meta(root, meta)
-    results = evaluate(evaluation_parser().parse_args([
-        "--data_path", str(root), "--save_path", str(tmp_path / "res"), "--checkpoint_path", str(checkpoint),
-        "--pretrained", str(clip_file), *SMALL]))
+    model = DHRCLIP.from_checkpoint(checkpoint, device="cpu")
+    results = evaluate(model, EvalConfig(data_path=root, save_path=tmp_path / "res", batch_size=4, num_workers=0))
     row = results["classes"]["widgets"]
     assert row["image_auroc"] is not None
     assert (row["pixel_auroc"] is not None) == with_masks
     if not with_masks:
         with pytest.raises(UserError, match="needs a mask"):
-            train(train_parser().parse_args(["--train_data_path", str(root), "--save_path", str(tmp_path / "c"),
-                                             "--pretrained", str(clip_file), *SMALL]))
+            train_small(root, tmp_path / "c", clip_file)
 
 
 def test_csv_index(tmp_path):

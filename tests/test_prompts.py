@@ -63,5 +63,6 @@ def test_gradients_reach_every_prompt_tensor():
 
 
 def test_depth_beyond_text_layers_is_a_user_error():
-    with pytest.raises(UserError, match="--depth"):
+    with pytest.raises(UserError, match="depth 9 exceeds") as error:
         make(depth=9)
+    assert error.value.field == "depth"

@@ -11,16 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT, SMALL
-from dhrclip import training
+from conftest import ROOT, SMALL, train_small
+from dhrclip import cli, training
 from dhrclip.checkpoint import read_checkpoint, save_checkpoint
-from dhrclip.cli import evaluation_parser, run, train_parser
 from dhrclip.data import CanvasDataset, load_mask, load_rgb, read_meta
-from dhrclip.evaluation import evaluate
 from dhrclip.indexing import mvtec_layout_index, write_meta
-from dhrclip.prediction import predict, prediction_parser
 from dhrclip.synthetic import write_mvtec_dataset
-from dhrclip.training import train
 
 
 @pytest.fixture
@@ -32,8 +28,7 @@ def data(tmp_path):
 
 @pytest.fixture
 def ckpt(tmp_path, clip_file, data):
-    train(train_parser().parse_args(["--train_data_path", str(data), "--save_path", str(tmp_path / "ckpt"),
-                                     "--pretrained", str(clip_file), "--epoch", "1", *SMALL]))
+    train_small(data, tmp_path / "ckpt", clip_file)
     return tmp_path / "ckpt" / "epoch_1.pth"
 
 
@@ -119,7 +114,7 @@ def case_checkpoint_missing(data, ckpt, clip):
 
 
 def case_checkpoint_config(data, ckpt, clip):
-    return ["--depth", "4"], r"trained with depth=3, which does not fit --depth 4"
+    return ["--depth", "4"], r"--depth=4 does not fit the checkpoint, whose prompts have depth=3"
 
 
 def case_checkpoint_pickle(data, ckpt, clip):
@@ -160,9 +155,10 @@ TEST_CASES = [case_root_missing, case_meta_missing, case_meta_not_json, case_met
               case_weights_pickle, case_cuda_missing]
 
 
-def expect_user_error(capsys, main, parser, argv, pattern):
+def expect_user_error(capsys, main, argv, pattern, parser=None):
+    """``main``: a command's entry (cli.test_main, ...), or a function run under ``parser``."""
     with pytest.raises(SystemExit) as exit_info:
-        run(main, parser, argv)
+        main(argv) if parser is None else cli.run(main, parser, argv)
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2
     assert "Traceback" not in err
@@ -176,7 +172,7 @@ def test_test_py_user_errors(case, capsys, monkeypatch, data, ckpt, clip_file):
     extra, pattern = case(data, ckpt, clip_file)
     argv = ["--data_path", str(data), "--save_path", str(data.parent / "out"), "--checkpoint_path", str(ckpt),
             "--pretrained", str(clip_file), *SMALL, *extra]
-    expect_user_error(capsys, evaluate, evaluation_parser(), argv, pattern)
+    expect_user_error(capsys, cli.test_main, argv, pattern)
     assert not (data / "pwned").exists()
     assert not (data.parent / "out" / "results.json").exists()
 
@@ -184,17 +180,15 @@ def test_test_py_user_errors(case, capsys, monkeypatch, data, ckpt, clip_file):
 def test_cuda_out_of_memory_suggests_a_smaller_batch(capsys, monkeypatch):
     def oom(args):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
-    expect_user_error(capsys, oom, evaluation_parser(), ["--batch_size", "64"], "smaller --batch_size")
+    expect_user_error(capsys, oom, ["--batch_size", "64"], "smaller --batch_size", parser=cli.evaluation_parser())
 
 
 def test_training_without_masks_and_predict_without_input(capsys, tmp_path, data, ckpt, clip_file):
     edit_meta(data, lambda m: [r.update(mask_path="") for r in m["test"]["stripes"]])
-    expect_user_error(capsys, train, train_parser(), ["--train_data_path", str(data), "--save_path",
-                                                      str(tmp_path / "c"), "--pretrained", str(clip_file), *SMALL],
-                      "training needs a mask")
-    expect_user_error(capsys, predict, prediction_parser(), ["--checkpoint_path", str(ckpt), "--input",
-                                                             str(tmp_path / "missing"), *SMALL],
-                      "no such file or folder")
+    expect_user_error(capsys, cli.train_main, ["--train_data_path", str(data), "--save_path", str(tmp_path / "c"),
+                                               "--pretrained", str(clip_file), *SMALL], "training needs a mask")
+    expect_user_error(capsys, cli.predict_main, ["--checkpoint_path", str(ckpt), "--input", str(tmp_path / "missing"),
+                                                 *SMALL], "--input .*missing: no such file or folder")
 
 
 def test_nan_loss_stops_naming_epoch_and_step_and_keeps_the_last_checkpoint(capsys, monkeypatch, tmp_path, data,
@@ -209,27 +203,26 @@ def test_nan_loss_stops_naming_epoch_and_step_and_keeps_the_last_checkpoint(caps
     monkeypatch.setattr(training, "segmentation_loss", poisoned)
     argv = ["--train_data_path", str(data), "--save_path", str(tmp_path / "c"), "--pretrained", str(clip_file),
             "--epoch", "3", *SMALL]
-    expect_user_error(capsys, train, train_parser(), argv, "loss became nan at epoch 2, step 1")
-    assert read_checkpoint(tmp_path / "c")["epoch"] == 1
+    expect_user_error(capsys, cli.train_main, argv, "loss became nan at epoch 2, step 1")
+    assert read_checkpoint(tmp_path / "c").state["epoch"] == 1
 
 
 def test_interrupted_results_write_leaves_the_previous_file(monkeypatch, tmp_path):
-    from dhrclip import checkpoint
+    from dhrclip import files
     target = tmp_path / "results.json"
-    checkpoint.save_json(target, {"run": 1})
+    files.save_json(target, {"run": 1})
 
     def crash(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(checkpoint.json, "dumps", crash)
+    monkeypatch.setattr(files.json, "dumps", crash)
     with pytest.raises(KeyboardInterrupt):
-        checkpoint.save_json(target, {"run": 2})
+        files.save_json(target, {"run": 2})
     assert json.loads(target.read_text()) == {"run": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
 
 
 KILL_DURING_SAVE = """
-import os, signal, sys, torch
-sys.path.insert(0, {root!r})
+import os, signal, torch
 from dhrclip import checkpoint
 def half_then_die(state, handle):
     handle.write(b"PK partial checkpoint bytes")
@@ -242,10 +235,10 @@ checkpoint.save_checkpoint({path!r}, {{"epoch": 2}})
 
 def test_kill_during_checkpoint_write_leaves_the_previous_checkpoint(tmp_path):
     path = tmp_path / "epoch_1.pth"
-    save_checkpoint(path, {"epoch": 1, "prompt_learner": {"ctx_pos": torch.zeros(1)}})
-    proc = subprocess.run([sys.executable, "-c", KILL_DURING_SAVE.format(root=str(ROOT), path=str(path))])
+    save_checkpoint(path, {"epoch": 1, "prompt_learner": {"ctx_pos": torch.zeros(1), "ctx_neg": torch.zeros(1)}})
+    proc = subprocess.run([sys.executable, "-c", KILL_DURING_SAVE.format(path=str(path))])
     assert proc.returncode == -signal.SIGKILL
-    assert read_checkpoint(path)["epoch"] == 1
+    assert read_checkpoint(path).state["epoch"] == 1
 
 
 def test_entry_script_reports_a_worker_error_as_one_line(tmp_path, data, ckpt, clip_file):
@@ -310,8 +303,8 @@ def test_odd_images_give_the_same_map_shape_as_a_plain_rgb_copy(tmp_path, clip_f
         load_rgb(odd / name).save(plain / f"{Path(name).stem}_plain.png")
     torch.save({"prompt_learner": _fresh_prompts()}, tmp_path / "epoch_1.pth")
     common = ["--checkpoint_path", str(tmp_path / "epoch_1.pth"), "--pretrained", str(clip_file), *SMALL]
-    predict(prediction_parser().parse_args([*common, "--input", str(odd), "--save_path", str(tmp_path / "a")]))
-    predict(prediction_parser().parse_args([*common, "--input", str(plain), "--save_path", str(tmp_path / "b")]))
+    cli.predict_main([*common, "--input", str(odd), "--save_path", str(tmp_path / "a")])
+    cli.predict_main([*common, "--input", str(plain), "--save_path", str(tmp_path / "b")])
     for name, shape in shapes.items():
         from_odd = np.load(tmp_path / "a" / "maps" / f"{name.replace('.', '_')}.npy")
         from_plain = np.load(tmp_path / "b" / "maps" / f"{Path(name).stem}_plain_png.npy")

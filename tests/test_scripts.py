@@ -9,7 +9,6 @@ ROOT = Path(__file__).resolve().parent.parent
 
 STANDIN = """#!{python}
 import json, sys
-sys.path.insert(0, {root!r})
 from dhrclip.cli import evaluation_parser, train_parser
 script, argv = sys.argv[1], sys.argv[2:]
 name = script.rsplit("/", 1)[-1]
@@ -27,7 +26,7 @@ with open({log!r}, "a") as f:
 def test_protocol_script_runs_train_and_test_with_valid_flags(tmp_path):
     log = tmp_path / "calls.jsonl"
     standin = tmp_path / "python"
-    standin.write_text(STANDIN.format(python=sys.executable, root=str(ROOT), log=str(log)))
+    standin.write_text(STANDIN.format(python=sys.executable, log=str(log)))
     standin.chmod(0o755)
     env = {**os.environ, "PYTHON": str(standin), "OUT": str(tmp_path / "runs"), "WEIGHTS": "/w/ViT-L-14-336px.pt"}
     subprocess.run(["bash", str(ROOT / "run_DHRCLIP.sh"), str(tmp_path / "mvtec"), str(tmp_path / "visa")],

@@ -1,0 +1,138 @@
+"""``DHRCLIP``: the detector as users hold it, built from a configuration or restored from a
+checkpoint with the settings it was trained with.
+
+    model = DHRCLIP.from_checkpoint("runs/trained_on_mvtec/epoch_15.pth")
+    result = model.predict("part.png")      # result.anomaly_map, result.score
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .backbone import is_weights_path, load_clip, uses_quick_gelu
+from .checkpoint import Checkpoint, load_prompts, read_checkpoint
+from .config import DERIVED_FIELDS, ModelConfig, ResolvedConfig, resolve_model_config
+from .data import ImageSource
+from .errors import UserError
+from .files import fingerprint
+from .inference import Prediction, iter_predictions
+from .model import DHRCLIPModel
+from .runtime import resolve_device, resolve_precision
+
+log = logging.getLogger(__name__)
+
+
+class DHRCLIP:
+    """A DHR-CLIP anomaly detector: the network, its settings and their sources.
+
+    ``model`` is the ``torch.nn.Module`` (frozen CLIP plus prompts); ``resolved``
+    says where each setting came from (checkpoint, argument, default).
+    """
+
+    def __init__(self, model: DHRCLIPModel, resolved: ResolvedConfig, checkpoint: Path | None = None) -> None:
+        self.model = model
+        self.resolved = resolved
+        self.checkpoint = checkpoint
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.model.config
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def precision(self) -> torch.dtype:
+        return self.model.precision
+
+    @classmethod
+    def create(cls, config: ModelConfig | None = None, device: str = "auto", precision: str | None = None,
+               **overrides: Any) -> DHRCLIP:
+        """A detector with fresh (untrained) prompts: ``config`` (default: the authors' settings)
+        with ``overrides`` applied, e.g. ``DHRCLIP.create(features_list=[24])``."""
+        given = {} if config is None else {k: v for k, v in config.to_dict().items()
+                                           if k not in ("version", *DERIVED_FIELDS)}
+        resolved = resolve_model_config({**given, **overrides})
+        model = _build(resolved, device, precision)
+        return cls(model, ResolvedConfig(model.config, resolved.sources))
+
+    @staticmethod
+    def resolve_config(checkpoint: str | Path | Checkpoint, pretrained: str | None = None,
+                       **overrides: Any) -> ResolvedConfig:
+        """The settings ``from_checkpoint`` would use, and where each comes from, without
+        loading the backbone. ``overrides`` follow the rules of ``resolve_model_config``."""
+        ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else read_checkpoint(Path(checkpoint))
+        shapes = None if ckpt.config is not None else ckpt.prompt_shapes()
+        resolved = resolve_model_config({**overrides, "pretrained": pretrained}, saved=ckpt.config,
+                                        prompt_shapes=shapes)
+        recorded = resolved.config.pretrained
+        if pretrained is None and is_weights_path(recorded) and not Path(recorded).expanduser().is_file():
+            raise UserError(f"{ckpt.path} was trained with the weights file {recorded}, which is not there; give "
+                            f"pretrained as the path of the same weights", field="pretrained")
+        return resolved
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, pretrained: str | None = None, device: str = "auto",
+                        precision: str | None = None, **overrides: Any) -> DHRCLIP:
+        """Rebuild the detector a checkpoint was trained as, and load its prompts.
+
+        Every setting defaults to what the checkpoint recorded (for the authors'
+        and AnomalyCLIP's checkpoints: the authors' run-script settings with
+        features_list [24]). ``pretrained`` defaults to the recorded weights.
+        ``overrides``: test-time geometry (image_size, patch_image_size,
+        target_image_size, tiles_per_side, sigma, alpha) may differ, and is
+        logged; features_list and dpam may differ, with a warning; prompt shapes
+        and backbone width may not. A weights file other than the one trained
+        with is warned about.
+        """
+        ckpt = read_checkpoint(Path(path))
+        resolved = cls.resolve_config(ckpt, pretrained, **overrides)
+        model = _build(resolved, device, precision, recorded=ckpt.config)
+        load_prompts(model.prompt_learner, ckpt)
+        log.info("loaded %s", ckpt.path)
+        return cls(model, ResolvedConfig(model.config, resolved.sources), checkpoint=ckpt.path)
+
+    def predict(self, images: ImageSource | list[ImageSource], batch_size: int = 8,
+                num_workers: int = 0) -> Prediction | list[Prediction]:
+        """Anomaly maps (at each image's own size, smoothed, not normalised) and image scores.
+
+        ``images``: one image or a list of them, each a path, a PIL image or an
+        (H, W, 3) uint8 array. A single image gives one ``Prediction``, a list a
+        list. Values equal predict.py's for the same images and batch size.
+        """
+        single = not isinstance(images, (list, tuple))
+        sources = [images] if single else list(images)
+        results: list[Prediction | None] = [None] * len(sources)
+        for i, prediction in iter_predictions(self.model, sources, batch_size, num_workers):
+            results[i] = prediction
+        return results[0] if single else results
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint needs to rebuild this detector: prompts and settings."""
+        return {"prompt_learner": self.model.prompt_learner.state_dict(), "config": self.config.to_dict()}
+
+
+def _build(resolved: ResolvedConfig, device: str, precision: str | None,
+           recorded: ModelConfig | None = None) -> DHRCLIPModel:
+    """Load the backbone, record what it is, check it against ``recorded``, wrap it with prompts."""
+    target = resolve_device(device)
+    dtype = resolve_precision(precision, target)
+    config = resolved.config
+    clip, weights = load_clip(config.model, config.pretrained)
+    quick_gelu = uses_quick_gelu(clip)
+    weights_id = fingerprint(weights) if weights is not None else None
+    if recorded is not None:
+        if recorded.quick_gelu is not None and recorded.quick_gelu != quick_gelu:
+            trained, now = ("QuickGELU", "GELU") if recorded.quick_gelu else ("GELU", "QuickGELU")
+            raise UserError(f"the prompts were trained on a {trained} backbone ({recorded.model}), but model "
+                            f"{config.model} uses {now}; use the architecture they were trained with", field="model")
+        if recorded.weights_fingerprint is not None and weights_id != recorded.weights_fingerprint:
+            log.warning("pretrained %s is not the weights the prompts were trained with (%s, %s); the maps will "
+                        "differ from training's", config.pretrained, recorded.pretrained, recorded.weights_fingerprint)
+    config = replace(config, quick_gelu=quick_gelu, weights_fingerprint=weights_id)
+    return DHRCLIPModel(clip, config, dtype).to(target)
