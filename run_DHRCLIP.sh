@@ -19,7 +19,7 @@ fi
 [ -f "$VISA/meta.json" ] || "$PYTHON" generate_dataset_json/visa.py --root "$VISA"
 
 # Layer taps: the reference passes --features_list 6 12 18 24, but it updates the V-V stream in place,
-# so all four taps hold the last layer's tokens (SPEC.md §9c). Its numbers are therefore layer 24 alone,
+# so all four taps hold the last layer's tokens (docs/method.md §9). Its numbers are therefore layer 24 alone,
 # counted four times: the per-image min-max normalisation cancels the factor, and Adam is all but
 # invariant to it. This project's taps are real, so --features_list 24 is what reproduces the paper.
 MODEL=(--model ViT-L-14-336-quickgelu --pretrained "$WEIGHTS" --features_list 24 --dpam 20

@@ -1,4 +1,4 @@
-"""Segmentation losses of SPEC §7 (as in AnomalyCLIP)."""
+"""Segmentation losses of docs/method.md §7 (as in AnomalyCLIP)."""
 from __future__ import annotations
 
 import torch

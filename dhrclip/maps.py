@@ -1,4 +1,4 @@
-"""From view features to anomaly maps and image scores (SPEC §5, §6)."""
+"""From view features to anomaly maps and image scores (docs/method.md §5, §6)."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,4 @@
-"""Exact pixel- and image-level metrics from one pass over a class's pixels (SPEC §10).
+"""Exact pixel- and image-level metrics from one pass over a class's pixels (docs/method.md §10).
 
 Every distinct score is a threshold. The pixels of a class are collapsed once
 into "steps", one per distinct score in descending order, each holding the
@@ -181,7 +181,7 @@ def legacy_aupro(masks: np.ndarray, maps: np.ndarray, max_step: int = 200, expec
 
     200 evenly spaced thresholds between the map's min and max, FPR axis cut
     below ``expect_fpr`` and then min-max rescaled: biased low and not
-    invariant to monotone transforms of the scores (SPEC §9g). Regions are
+    invariant to monotone transforms of the scores (docs/method.md §9). Regions are
     labelled once here instead of at every threshold; the value is the same.
     """
     masks, maps = _as_arrays(masks, maps)

@@ -1,4 +1,4 @@
-"""Object-agnostic deep text prompts (SPEC §4)."""
+"""Object-agnostic deep text prompts (docs/method.md §4)."""
 from __future__ import annotations
 
 import open_clip

@@ -1,5 +1,5 @@
-"""Dynamic high-resolution views: where the tiles sit on the canvas (SPEC §2) and
-how per-tile maps are stitched back (SPEC §5 step 3)."""
+"""Dynamic high-resolution views: where the tiles sit on the canvas (docs/method.md §2) and
+how per-tile maps are stitched back (docs/method.md §5 step 3)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -16,7 +16,7 @@ class TileGrid:
 
     Offsets along each axis are spread evenly from 0 to ``canvas - tile`` and
     rounded to whole pixels, so tiles always lie inside the canvas (unlike the
-    reference, SPEC §9b). Overlapping tiles are allowed; gaps are not.
+    reference, docs/method.md §9). Overlapping tiles are allowed; gaps are not.
     """
 
     canvas: int

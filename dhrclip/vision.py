@@ -1,4 +1,4 @@
-"""CLIP ViT forward with the V-V dual path (DPAM) and true per-layer taps (SPEC §3)."""
+"""CLIP ViT forward with the V-V dual path (DPAM) and true per-layer taps (docs/method.md §3)."""
 from __future__ import annotations
 
 import logging
@@ -36,7 +36,7 @@ class VisionEncoder(nn.Module):
     the original stream (attention + MLP) and the V-V stream (V-V attention of
     the *original* stream's LN1, no MLP). Tapped layers are read from the V-V
     stream, each as its own tensor (the reference aliased them all to the last
-    layer, SPEC §9c).
+    layer, docs/method.md §9).
     """
 
     def __init__(self, visual: nn.Module, features_list: list[int], dpam: int) -> None:
@@ -61,7 +61,7 @@ class VisionEncoder(nn.Module):
 
     def positional_embedding(self, grid: tuple[int, int], like: torch.Tensor) -> torch.Tensor:
         """(1 + rows·cols, D) table for ``grid``, always interpolated from the checkpoint's own
-        table and cached per size, so the stored parameter never changes (SPEC §9a)."""
+        table and cached per size, so the stored parameter never changes (docs/method.md §9)."""
         key = (*grid, like.device, like.dtype)
         if key not in self._pos_cache:
             table = self.visual.positional_embedding.detach().float()
@@ -106,6 +106,6 @@ class VisionEncoder(nn.Module):
 
         tokens = [v.ln_post(taps[layer]) @ v.proj for layer in self.features_list]
         # The global embedding skips ln_post, as the reference and AnomalyCLIP compute it
-        # (SPEC §3); this differs from plain CLIP's image embedding on purpose.
+        # (docs/method.md §3); this differs from plain CLIP's image embedding on purpose.
         embedding = x[:, 0] @ v.proj
         return VisionOutput(tokens=tokens, embedding=embedding, grid=grid)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 4's GPU figures: ViT-L-14-336 (random weights), S=336, P=336, T=672, bf16, on one CUDA device.
+# GPU figures for docs/benchmarks.md: ViT-L-14-336 (random weights), S=336, P=336, T=672, bf16, on one CUDA device.
 # Needs no network: run it from a checkout whose .venv is already set up (scripts/setup.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,4 +1,4 @@
-"""An independent, deliberately plain implementation of SPEC.md §2-§6 and §10 for one image at a time.
+"""An independent, deliberately plain implementation of the method (docs/method.md §2-§6, §10) for one image at a time.
 
 It shares no code with the package beyond open_clip's modules: per-head
 attention loops, PIL resizing, scipy smoothing, scikit-learn metrics.
@@ -40,7 +40,7 @@ def loop_attention(attn, x, vv: bool):
 
 
 def slow_vision(visual, images, features_list, dpam):
-    """SPEC §3 read literally, one image at a time, with torch's own nn.MultiheadAttention."""
+    """docs/method.md §3 read literally, one image at a time, with torch's own nn.MultiheadAttention."""
     blocks = list(visual.transformer.resblocks)
     n_layers = len(blocks)
     taps = {layer: [] for layer in features_list}
@@ -73,7 +73,7 @@ def slow_vision(visual, images, features_list, dpam):
 
 
 def slow_text(clip, ctx_pos, ctx_neg, deep):
-    """SPEC §4: the two prompts with deep prompts, via torch's nn.MultiheadAttention."""
+    """docs/method.md §4: the two prompts with deep prompts, via torch's nn.MultiheadAttention."""
     n_ctx, t_n_ctx = ctx_pos.shape[0], deep[0].shape[0] if deep else 0
     words = " ".join(["X"] * n_ctx)
     tokens = open_clip.tokenize([f"{words} object.", f"{words} damaged object."])
@@ -97,7 +97,7 @@ def _to_tensor(img: Image.Image) -> torch.Tensor:
 
 
 def slow_image(clip, text, path, S, P, T, layers, dpam, sigma=8.0, alpha=0.75):
-    """Anomaly map (T, T) and image score of one image (SPEC §2, §5, §6)."""
+    """Anomaly map (T, T) and image score of one image (docs/method.md §2, §5, §6)."""
     canvas = Image.open(path).convert("RGB").resize((T, T), Image.BICUBIC)
     views = [(_to_tensor(canvas.resize((S, S), Image.BICUBIC)), None)]
     offsets = [0, T - P]

@@ -1,4 +1,4 @@
-"""Object-agnostic deep prompts (SPEC §4): positions and features."""
+"""Object-agnostic deep prompts (docs/method.md §4): positions and features."""
 import open_clip
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""V-V attention and the dual-path vision encoder against explicit, slow versions of SPEC §3."""
+"""V-V attention and the dual-path vision encoder against explicit, slow versions of docs/method.md §3."""
 import torch
 
 from dhrclip.attention import dual_attention, self_attention
