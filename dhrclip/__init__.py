@@ -4,13 +4,22 @@
     model = DHRCLIP.from_checkpoint("epoch_15.pth")
     result = model.predict("part.png")      # .anomaly_map (H, W) float32, .score
 
-Names are imported on first use, so ``import dhrclip`` (and every command's
-``--help``) stays fast and loads torch only when the model is needed.
+Names are imported on first use, so ``import dhrclip`` (and the commands'
+help) stays fast and loads torch only when the model is needed.
 """
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
+    from .config import EvalConfig, ModelConfig, PredictConfig, TrainConfig
+    from .detector import DHRCLIP
+    from .errors import UserError
+    from .evaluation import evaluate
+    from .inference import Prediction
+    from .prediction import predict
+    from .training import train
 
 __version__ = "0.2.0"
 
@@ -33,3 +42,7 @@ def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
         raise AttributeError(f"module 'dhrclip' has no attribute {name!r}")
     return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

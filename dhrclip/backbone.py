@@ -56,10 +56,13 @@ def load_clip(model_name: str = DEFAULT_MODEL, pretrained: str = "openai") -> tu
     if pretrained.lower() == "none":
         model = open_clip.create_model(model_name, pretrained=None)
     else:
-        file = Path(pretrained).expanduser() if is_weights_path(pretrained) else _download(model_name, pretrained)
+        tag = not is_weights_path(pretrained)
+        file = _download(model_name, pretrained) if tag else Path(pretrained).expanduser()
         state, openai_format = read_weights(file)
-        model = model_from_state_dict(state, model_name, source=str(file),
-                                      openai_format=openai_format or pretrained == "openai")
+        # open_clip marks the tags whose weights were trained with QuickGELU (OpenAI's and some others).
+        quick = openai_format or (tag and (pretrained == "openai" or
+                                           bool(get_pretrained_cfg(model_name, pretrained).get("quick_gelu"))))
+        model = model_from_state_dict(state, model_name, source=str(file), quick_gelu_weights=quick)
     if not isinstance(model, CLIP):
         raise UserError(f"model {model_name} is not a plain CLIP (custom text towers are not supported)",
                         field="model")
@@ -100,7 +103,7 @@ def _download(model_name: str, tag: str) -> Path:
     if not cfg:
         tags = ", ".join(list_pretrained_tags_by_model(model_name)) or "none"
         raise UserError(f"pretrained {tag}: not a weights file, and not an open_clip tag of {model_name} "
-                        f"(its tags: {tags})")
+                        f"(its tags: {tags})", field="pretrained")
     url = cfg.get("url", "")
     fetch = Path(urlparse(url).path).name if url else cfg.get("hf_hub", "")
     advice = (f"download {url or fetch} where there is internet and give pretrained as /path/to/"
@@ -110,7 +113,7 @@ def _download(model_name: str, tag: str) -> Path:
         cached = _cached(cfg)
         if cached is None:
             raise UserError(f"the '{tag}' weights of {model_name} are not cached and {urlparse(host).hostname} "
-                            f"cannot be reached; {advice}")
+                            f"cannot be reached; {advice}", field="pretrained")
         return cached
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(_DOWNLOAD_TIMEOUT_S)
@@ -118,11 +121,11 @@ def _download(model_name: str, tag: str) -> Path:
         target = download_pretrained(cfg)
     except Exception as exc:  # network stacks raise many types; all mean "not available"
         raise UserError(f"could not download the '{tag}' weights of {model_name} ({type(exc).__name__}); "
-                        f"{advice}") from exc
+                        f"{advice}", field="pretrained") from exc
     finally:
         socket.setdefaulttimeout(previous)
     if not target:
-        raise UserError(f"open_clip has no download for '{tag}' of {model_name}; {advice}")
+        raise UserError(f"open_clip has no download for '{tag}' of {model_name}; {advice}", field="pretrained")
     return Path(target)
 
 
@@ -150,7 +153,8 @@ def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], bool]:
                     warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, OpenAI's files are not
                     state = torch.jit.load(str(path), map_location="cpu").state_dict()
         except Exception as exc:
-            raise UserError(f"cannot read weights file {path}: corrupt ({type(exc).__name__})") from exc
+            raise UserError(f"cannot read weights file {path}: corrupt ({type(exc).__name__})",
+                            field="pretrained") from exc
     else:
         state = safe_torch_load(path, "weights file")
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
@@ -193,7 +197,7 @@ def infer_config(state: dict[str, torch.Tensor]) -> dict:
 
 
 def _same_architecture(named: dict | None, inferred: dict) -> bool:
-    """Whether ``--model``'s config has the shapes of the file (absent fields take open_clip's defaults)."""
+    """Whether the named model's config has the shapes of the file (absent fields take open_clip's defaults)."""
     if not named:
         return False
     vision = {**vars(CLIPVisionCfg()), **named.get("vision_cfg", {})}
@@ -204,23 +208,24 @@ def _same_architecture(named: dict | None, inferred: dict) -> bool:
 
 
 def model_from_state_dict(state: dict[str, torch.Tensor], model_name: str, source: str,
-                          openai_format: bool = False) -> CLIP:
+                          quick_gelu_weights: bool = False) -> CLIP:
     """Build the CLIP that ``state`` fits and load it in fp32.
 
     When the file fits ``model_name``'s architecture, that config decides details
-    the shapes cannot show (QuickGELU or GELU); OpenAI's weights in a GELU
-    architecture are refused, since every feature would change silently.
+    the shapes cannot show (QuickGELU or GELU); weights trained with QuickGELU
+    (``quick_gelu_weights``: OpenAI's, for one) in a GELU architecture are
+    refused, since every feature would change silently.
     Otherwise the file is taken as an OpenAI-style ViT and its architecture is
     inferred, with QuickGELU as OpenAI trained it.
     """
     inferred = infer_config(state)
     named = open_clip.get_model_config(model_name)
     if _same_architecture(named, inferred):
-        if openai_format and not named.get("quick_gelu", False):
+        if quick_gelu_weights and not named.get("quick_gelu", False):
             right = f"{model_name}-quickgelu"
             advice = f"use model {right}" if right in open_clip.list_models() else "use a -quickgelu architecture"
-            raise UserError(f"{source} holds OpenAI weights, which need QuickGELU, but model {model_name} uses GELU; "
-                            f"{advice}", field="model")
+            raise UserError(f"{source} holds weights trained with QuickGELU (as OpenAI's), but model {model_name} "
+                            f"uses GELU; {advice}", field="model")
         model = open_clip.create_model(model_name, pretrained=None)
     else:
         log.info("%s does not fit model %s; using the architecture in the file (%s layers, width %s, "

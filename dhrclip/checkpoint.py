@@ -16,7 +16,7 @@ import torch
 
 from .config import ModelConfig
 from .errors import UserError
-from .files import atomic_write, fingerprint, safe_torch_load
+from .files import atomic_write, safe_torch_load
 from .prompts import PromptLearner
 
 _EPOCH_FILE = re.compile(r"epoch_(\d+)\.pth$")
@@ -30,10 +30,6 @@ class Checkpoint:
     prompts: dict[str, torch.Tensor]    # the prompt_learner state
     config: ModelConfig | None          # None for the authors' and AnomalyCLIP's checkpoints
     state: dict[str, Any]               # everything else it holds (optimizer, epoch, ...)
-
-    @property
-    def fingerprint(self) -> str:
-        return fingerprint(self.path)
 
     def prompt_shapes(self) -> dict[str, int]:
         """n_ctx, depth and t_n_ctx as the prompt tensors have them (no t_n_ctx without deep prompts)."""

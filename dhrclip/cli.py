@@ -24,8 +24,8 @@ log = logging.getLogger("dhrclip")
 
 MODEL_FLAGS = ("model", "pretrained", "features_list", "image_size", "patch_image_size", "target_image_size",
                "tiles_per_side", "depth", "n_ctx", "t_n_ctx", "dpam", "sigma")
-# Settings whose flag has another name than the field, in some commands.
-FLAG_ALIASES = {"data_path": ("train_data_path",), "epochs": ("epoch",)}
+# Settings whose flag has another name than the field.
+FLAG_ALIASES = {"epochs": ("epoch",)}
 _DEFAULTS = ModelConfig()
 
 
@@ -209,7 +209,8 @@ def _test(args: argparse.Namespace) -> None:
         data_path=_data_path(args, args.data_path), save_path=args.save_path, dataset=args.dataset,
         classes=args.classes, metrics=args.metrics, map_norm=args.map_norm, aupro=args.aupro, vis=args.vis,
         batch_size=args.batch_size, num_workers=args.num_workers, seed=args.seed)
-    read_meta(config.data_path, "test", config.classes)  # a wrong dataset fails before the model loads
+    if not args.print_config:
+        read_meta(config.data_path, "test", config.classes)  # a wrong dataset fails before the model loads
     model = _load_detector(args)
     if model is not None:
         evaluate(model, config)
@@ -223,7 +224,8 @@ def _predict(args: argparse.Namespace) -> None:
         threshold_file=args.threshold_file, calibrate_on=args.calibrate_on,
         calibrate_quantile=args.calibrate_quantile, batch_size=args.batch_size, num_workers=args.num_workers,
         seed=args.seed)
-    collect_images(config.input)  # a wrong input fails before the model loads
+    if not args.print_config:
+        collect_images(config.input)  # a wrong input fails before the model loads
     model = _load_detector(args)
     if model is not None:
         predict(model, config)
@@ -266,16 +268,16 @@ def _fail(message: str) -> None:
 
 def one_line(exc: UserError, flags: set[str] | None = None) -> str:
     """The user's message on one line, also when a DataLoader worker wrapped it in its
-    traceback, with the setting it names shown as its flag."""
+    traceback, with the settings it names shown as flags: the field at fault, and any
+    other setting whose name has an underscore (such names never occur in prose)."""
     text = str(exc).strip()
     if "Original Traceback" in text:
         text = text.splitlines()[-1].split(f"{UserError.__name__}: ", 1)[-1]
-    field = getattr(exc, "field", None)
-    if field:
-        names = [field, *FLAG_ALIASES.get(field, ())]
-        flag = next((name for name in names if flags is None or name in flags), None)
+    names = {getattr(exc, "field", None)} | {name for name in flags or () if "_" in name}
+    for name in sorted(filter(None, names), key=len, reverse=True):
+        flag = next((f for f in (name, *FLAG_ALIASES.get(name, ())) if flags is None or f in flags), None)
         if flag:
-            text = re.sub(rf"(?<![-\w/.]){re.escape(field)}(?![\w/.])", f"--{flag}", text, count=1)
+            text = re.sub(rf"(?<![-\w/.]){re.escape(name)}(?![\w/.])", f"--{flag}", text)
     return text
 
 

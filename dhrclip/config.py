@@ -32,8 +32,9 @@ TAP_FIELDS = ("features_list", "dpam")
 PROMPT_FIELDS = ("depth", "n_ctx", "t_n_ctx")
 DERIVED_FIELDS = ("quick_gelu", "weights_fingerprint")
 
-# Where a setting came from, as --print_config shows it.
+# Where a setting came from.
 FROM_CHECKPOINT = "checkpoint"
+FROM_TENSORS = "checkpoint tensors"
 FROM_ARGUMENT = "argument"
 FROM_DEFAULT = "default"
 FROM_REFERENCE = "reference default"
@@ -123,9 +124,11 @@ class ResolvedConfig:
     sources: dict[str, str]
 
     def describe(self) -> str:
-        """One line per field: name, value, source."""
+        """One line per field: name, value (lists space-separated), source."""
+        def shown(value: object) -> str:
+            return " ".join(map(str, value)) if isinstance(value, tuple) else str(value)
         width = max(len(name) for name in self.sources)
-        return "\n".join(f"{name:<{width}}  {getattr(self.config, name)!s:<28}  {source}"
+        return "\n".join(f"{name:<{width}}  {shown(getattr(self.config, name)):<28}  {source}"
                          for name, source in self.sources.items())
 
 
@@ -135,9 +138,10 @@ def resolve_model_config(overrides: Mapping[str, Any], saved: ModelConfig | None
 
     ``saved``: the checkpoint's configuration. Without one, ``prompt_shapes``
     (n_ctx, depth, t_n_ctx read from a reference checkpoint's tensors) selects
-    the reference defaults; with neither, plain defaults apply. The rules:
-    geometry may differ (logged); taps may differ (warned, naming both values);
-    prompt shapes may not; with ``resume`` nothing may differ.
+    the reference defaults; with neither, plain defaults apply. The rules for
+    testing: geometry may differ (logged); taps may differ (warned, naming
+    both values); prompt shapes may not. With ``resume`` the values are only
+    merged: ``check_resumable`` decides, once the backbone is known.
     """
     names = [f.name for f in fields(ModelConfig)]
     given = {k: v for k, v in overrides.items() if v is not None}
@@ -158,22 +162,23 @@ def resolve_model_config(overrides: Mapping[str, Any], saved: ModelConfig | None
     else:
         base, origin = ModelConfig(), FROM_DEFAULT
     sources = {name: origin for name in names}
+    sources.update(dict.fromkeys(prompt_shapes or {}, FROM_TENSORS))
     for name in DERIVED_FIELDS:
         sources[name] = FROM_CHECKPOINT if saved is not None and getattr(saved, name) is not None else FROM_BACKBONE
 
     for name, value in given.items():
         sources[name] = FROM_ARGUMENT
         old = getattr(base, name)
-        if value == old or origin == FROM_DEFAULT:
+        if value == old or origin == FROM_DEFAULT or resume:
             continue
+        if name in ("model", "pretrained"):  # another backbone: what it is shows once it is loaded
+            base = replace(base, quick_gelu=None, weights_fingerprint=None)
+            sources.update(dict.fromkeys(DERIVED_FIELDS, FROM_BACKBONE))
         shown_old = list(old) if isinstance(old, tuple) else old
         shown_new = list(value) if isinstance(value, tuple) else value
-        if resume:
-            raise UserError(f"{name}={shown_new} differs from the checkpoint being resumed ({name}={shown_old}); "
-                            f"resuming continues the same model", field=name)
         if name in PROMPT_FIELDS:
-            raise UserError(f"{name}={shown_new} does not fit the checkpoint, whose prompts have "
-                            f"{name}={shown_old}", field=name)
+            raise UserError(f"{name}={shown_new} does not fit the checkpoint: its prompts were trained with "
+                            f"{shown_old}", field=name)
         if origin == FROM_REFERENCE:
             continue
         if name in TAP_FIELDS:
@@ -184,6 +189,16 @@ def resolve_model_config(overrides: Mapping[str, Any], saved: ModelConfig | None
         elif name == "model":
             log.warning("model=%s differs from training (model=%s)", shown_new, shown_old)
     return ResolvedConfig(replace(base, **given), sources)
+
+
+def check_resumable(config: ModelConfig, saved: ModelConfig) -> None:
+    """Resuming continues the same model: every setting must be the checkpoint's, except
+    where its weights file lives (a different file of other weights is warned about when loaded)."""
+    name = config.first_difference(saved, ignore=("pretrained", "weights_fingerprint"))
+    if name is not None:
+        shown = [list(v) if isinstance(v, tuple) else v for v in (getattr(config, name), getattr(saved, name))]
+        raise UserError(f"{name}={shown[0]} differs from the checkpoint being resumed (trained with {shown[1]}); "
+                        f"resuming continues the same model", field=name)
 
 
 def _plain(config: object) -> dict[str, Any]:
@@ -207,7 +222,7 @@ class TrainConfig:
 
     data_path: Path                     # dataset root holding meta.json; trains on its test split
     save_path: Path = Path("./checkpoint")
-    dataset: str | None = None          # name for logs; default: the data folder's name
+    dataset: str | None = None          # name in logs; default: the data folder's name
     epochs: int = 15
     learning_rate: float = 1e-3
     batch_size: int = 8
@@ -237,7 +252,7 @@ class EvalConfig:
 
     data_path: Path
     save_path: Path = Path("./results")
-    dataset: str | None = None          # name for logs; default: the data folder's name
+    dataset: str | None = None          # name in logs and results.json; default: the data folder's name
     classes: list[str] | None = None
     metrics: str = "image-pixel-level"
     map_norm: str = "per-image"

@@ -52,11 +52,15 @@ ImageSource = Union[str, Path, Image.Image, np.ndarray]
 
 
 def image_from_source(source: ImageSource) -> Image.Image:
-    """A path, a PIL image or an (H, W) / (H, W, 3|4) uint8 array as 8-bit RGB."""
+    """A path, a PIL image or an (H, W) / (H, W, 3|4) uint8 array as 8-bit RGB; files and
+    PIL images upright per their EXIF orientation."""
     if isinstance(source, (str, Path)):
+        if Path(source).is_dir():
+            raise UserError(f"{source} is a folder: give image files (predict.py and prediction.collect_images "
+                            f"take folders)")
         return load_rgb(Path(source))
     if isinstance(source, Image.Image):
-        return to_rgb(source)
+        return to_rgb(ImageOps.exif_transpose(source))
     if isinstance(source, np.ndarray):
         if source.dtype != np.uint8 or not (source.ndim == 2 or (source.ndim == 3 and source.shape[2] in (3, 4))):
             raise UserError(f"an image array must be uint8 of shape (H, W), (H, W, 3) or (H, W, 4); got "
@@ -120,7 +124,8 @@ def read_meta(root: Path, split: str = "test", classes: list[str] | None = None)
         raise UserError(f"dataset root not found: {root}")
     meta_path = root / "meta.json"
     if not meta_path.is_file():
-        raise UserError(f"{meta_path} not found; build it with generate_dataset_json/<dataset>.py --root {root}")
+        raise UserError(f"{meta_path} not found; index the dataset first with the generator for its layout in "
+                        f"generate_dataset_json/ (see the README's Datasets section)")
     try:
         meta = json.loads(meta_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -40,7 +40,7 @@ def _backbone(model: str, pretrained: str, out: Path, device: str) -> tuple[DHRC
     path = save_openai_format(tiny_clip(seed=0), out / "tiny_random_clip.pt")
     print("USING A SMALL RANDOMLY INITIALISED CLIP (4+4 layers, no pretraining).\n"
           "The pipeline below runs for real, but its numbers say nothing about DHR-CLIP's accuracy;\n"
-          "pass --pretrained /path/to/ViT-L-14-336px.pt for meaningful results.\n")
+          "give the real weights as pretrained (a tag or /path/to/ViT-L-14-336px.pt) for meaningful results.\n")
     return DHRCLIP.create(ModelConfig(pretrained=str(path), **TINY), device=device), False
 
 

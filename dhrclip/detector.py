@@ -117,22 +117,30 @@ class DHRCLIP:
         return {"prompt_learner": self.model.prompt_learner.state_dict(), "config": self.config.to_dict()}
 
 
+def check_backbone(built: ModelConfig, recorded: ModelConfig) -> None:
+    """Refuse a backbone whose activation differs from the one the prompts were trained on; warn
+    when its weights file is not the recorded one."""
+    if recorded.quick_gelu is not None and built.quick_gelu is not None and recorded.quick_gelu != built.quick_gelu:
+        trained, now = ("QuickGELU", "GELU") if recorded.quick_gelu else ("GELU", "QuickGELU")
+        raise UserError(f"the prompts were trained on a {trained} backbone ({recorded.model}), but model "
+                        f"{built.model} uses {now}; use the architecture they were trained with", field="model")
+    if recorded.weights_fingerprint is not None and built.weights_fingerprint != recorded.weights_fingerprint:
+        log.warning("pretrained %s is not the file the prompts were trained with (%s, %s): if it holds the same "
+                    "weights in another format, ignore this; otherwise the maps will differ from training's",
+                    built.pretrained, recorded.pretrained, recorded.weights_fingerprint)
+
+
 def _build(resolved: ResolvedConfig, device: str, precision: str | None,
            recorded: ModelConfig | None = None) -> DHRCLIPModel:
-    """Load the backbone, record what it is, check it against ``recorded``, wrap it with prompts."""
+    """Load the backbone, record what it is (weights files by absolute path), check it against
+    ``recorded``, and wrap it with fresh prompts."""
     target = resolve_device(device)
     dtype = resolve_precision(precision, target)
     config = resolved.config
     clip, weights = load_clip(config.model, config.pretrained)
-    quick_gelu = uses_quick_gelu(clip)
-    weights_id = fingerprint(weights) if weights is not None else None
+    config = replace(config, quick_gelu=uses_quick_gelu(clip),
+                     pretrained=str(weights.resolve()) if is_weights_path(config.pretrained) else config.pretrained,
+                     weights_fingerprint=fingerprint(weights) if weights is not None else None)
     if recorded is not None:
-        if recorded.quick_gelu is not None and recorded.quick_gelu != quick_gelu:
-            trained, now = ("QuickGELU", "GELU") if recorded.quick_gelu else ("GELU", "QuickGELU")
-            raise UserError(f"the prompts were trained on a {trained} backbone ({recorded.model}), but model "
-                            f"{config.model} uses {now}; use the architecture they were trained with", field="model")
-        if recorded.weights_fingerprint is not None and weights_id != recorded.weights_fingerprint:
-            log.warning("pretrained %s is not the weights the prompts were trained with (%s, %s); the maps will "
-                        "differ from training's", config.pretrained, recorded.pretrained, recorded.weights_fingerprint)
-    config = replace(config, quick_gelu=quick_gelu, weights_fingerprint=weights_id)
+        check_backbone(config, recorded)
     return DHRCLIPModel(clip, config, dtype).to(target)

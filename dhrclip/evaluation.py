@@ -80,7 +80,7 @@ def format_table(per_class: dict[str, dict], mean: dict, names: list[str]) -> st
 def metrics_by_class(model: DHRCLIP, by_class: dict[str, list[Item]], config: EvalConfig, pixel: bool, image: bool
                      ) -> tuple[dict[str, dict[str, float | None]], float]:
     """Metrics of every class, streamed: one pass of batched inference over all items, and
-    each class's metrics (and --vis figures) computed as soon as its last image is in, so
+    each class's metrics (and figures, with ``vis``) computed as soon as its last image is in, so
     memory holds the maps of about one class at a time. Returns the metrics and the
     seconds spent on them."""
     names = list(by_class)

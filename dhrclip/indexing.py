@@ -13,8 +13,6 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 MVTEC_CLASSES = ["bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut", "pill",
                  "screw", "tile", "toothbrush", "transistor", "wood", "zipper"]
-VISA_CLASSES = ["candle", "capsules", "cashew", "chewinggum", "fryum", "macaroni1", "macaroni2", "pcb1", "pcb2",
-                "pcb3", "pcb4", "pipe_fryum"]
 MPDD_CLASSES = ["bracket_black", "bracket_brown", "bracket_white", "connector", "metal_plate", "tubes"]
 BTAD_CLASSES = ["01", "02", "03"]
 GOOD_NAMES = ("good", "ok")

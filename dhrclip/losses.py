@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+
+from .maps import TEMPERATURE, view_logits
 
 _SMOOTH = 1e-5
 
@@ -34,3 +37,9 @@ def segmentation_loss(layer_maps: list[torch.Tensor], masks: torch.Tensor) -> to
     """
     gt = masks.float()
     return sum(focal_loss(m, gt) + dice_loss(m[:, 1], gt) + dice_loss(m[:, 0], 1 - gt) for m in layer_maps)
+
+
+def image_loss(global_embedding: torch.Tensor, text: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the image label against the global view's logits alone (not the
+    view mix of the image score), as the authors compute it (docs/method.md §7)."""
+    return F.cross_entropy(view_logits(global_embedding, text) / TEMPERATURE, labels.long())

@@ -4,8 +4,8 @@ Decision: an image is anomalous when its image score exceeds the image
 threshold, or when its anomaly map exceeds the pixel threshold anywhere (a
 localised defect is a defect even when the global score misses it); the
 outline in each figure is ``map > pixel_threshold``. Thresholds can be given
-(``--threshold``, ``--pixel_threshold``), read from a threshold file, or
-calibrated from known-good images: each is the ``--calibrate_quantile``
+(``PredictConfig.threshold``, ``pixel_threshold``), read from a threshold file,
+or calibrated from known-good images: each is the ``calibrate_quantile``
 quantile (default 1.0, the maximum) of the good images' scores and of their
 maps' per-image maxima, so with the default no known-good image is flagged.
 With many calibration images a quantile such as 0.99 tolerates a few
@@ -93,8 +93,8 @@ def check_threshold_file(saved: dict, model: DHRCLIP, path: Path) -> None:
     name = None if same_weights else "pretrained"
     name = name or current.first_difference(recorded, ignore=("pretrained", "weights_fingerprint"))
     if name is not None:
-        raise UserError(f"{path} was calibrated with {name}={getattr(recorded, name)}, but this run uses "
-                        f"{name}={getattr(current, name)}; recalibrate with calibrate_on or use the same setting",
+        raise UserError(f"this run uses {name}={getattr(current, name)}, but {path} was calibrated with "
+                        f"{getattr(recorded, name)}; recalibrate with calibrate_on or use the same setting",
                         field=name)
     own = fingerprint(model.checkpoint) if model.checkpoint else None
     if saved.get("checkpoint_fingerprint") != own:

@@ -7,9 +7,10 @@ import random
 import numpy as np
 import torch
 
+from .config import PRECISIONS
 from .errors import UserError
 
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+_DTYPES = dict(zip(PRECISIONS, (torch.float32, torch.float16, torch.bfloat16)))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -19,9 +20,10 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError as exc:
-        raise UserError(f"--device {name} is not a device (use auto, cpu, cuda or cuda:N)") from exc
+        raise UserError(f"device {name} is not a device (use auto, cpu, cuda or cuda:N)", field="device") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name} asked for CUDA, but this PyTorch sees no CUDA device; use --device cpu")
+        raise UserError(f"device {name} asked for CUDA, but this PyTorch sees no CUDA device; use device cpu",
+                        field="device")
     return device
 
 
@@ -29,7 +31,9 @@ def resolve_precision(name: str | None, device: torch.device) -> torch.dtype:
     """bf16 by default on CUDA, fp32 on the CPU."""
     if name is None or name == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return PRECISIONS[name]
+    if name not in _DTYPES:
+        raise UserError(f"precision {name!r} is not one of {', '.join(PRECISIONS)}", field="precision")
+    return _DTYPES[name]
 
 
 def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:

@@ -13,7 +13,6 @@ import torch
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
 TEXTURES = ("stripes", "checker", "grain", "waves", "dots", "weave")
-OBJECTS = ("disk", "ring", "square", "pill")
 DEFECTS = ("scratch", "blob", "hole")
 
 

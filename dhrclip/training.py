@@ -8,18 +8,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .checkpoint import Checkpoint, latest_checkpoint, load_prompts, read_checkpoint, save_checkpoint
-from .config import ModelConfig, TrainConfig
+from .config import ModelConfig, TrainConfig, check_resumable
 from .data import CanvasDataset, has_masks, read_meta
-from .detector import DHRCLIP
+from .detector import DHRCLIP, check_backbone
 from .errors import UserError
 from .feature_cache import FeatureCache
-from .losses import segmentation_loss
-from .maps import TEMPERATURE, view_logits
+from .losses import image_loss, segmentation_loss
 from .model import DHRCLIPModel, ViewFeatures
 from .runtime import seed_everything
 
@@ -34,9 +32,11 @@ def _append_log(save_path: Path, line: str) -> None:
 def train(config: TrainConfig, model: ModelConfig | DHRCLIP | None = None) -> list[dict]:
     """Train the prompts on the test split of ``config.data_path``.
 
-    ``model``: a ``ModelConfig`` (default: the authors' settings), built on
-    ``config.device`` at ``config.precision`` once the data check out, or a
-    ``DHRCLIP`` to train in place (it keeps its own device and precision).
+    ``model``: a ``ModelConfig``, built on ``config.device`` at
+    ``config.precision`` once the data check out, or a ``DHRCLIP`` to train in
+    place (it keeps its own device and precision; its ``checkpoint`` becomes
+    the last one written). Without one: the checkpoint's settings when
+    resuming, else the authors' settings. Resuming refuses other settings.
     Every ``epoch_N.pth`` carries the model's configuration, so test and
     predict rebuild the same detector. Returns, for each epoch run:
     {"epoch", "loss" (mean over steps), "seconds", "images"}.
@@ -51,7 +51,8 @@ def train(config: TrainConfig, model: ModelConfig | DHRCLIP | None = None) -> li
                         f"train on a dataset with ground truth (e.g. MVTec AD or VisA)")
     resume = _resume_point(config.resume)
     if not isinstance(model, DHRCLIP):
-        model = DHRCLIP.create(model, device=config.device, precision=config.precision)
+        model = DHRCLIP.create(model or (resume.config if resume else None), device=config.device,
+                               precision=config.precision)
     net = model.model
     device = net.device
     save_path.mkdir(parents=True, exist_ok=True)
@@ -59,7 +60,9 @@ def train(config: TrainConfig, model: ModelConfig | DHRCLIP | None = None) -> li
 
     start_epoch = 1
     if resume is not None:
-        _check_resumable(resume, net.config)
+        if resume.config is not None:
+            check_resumable(net.config, resume.config)
+            check_backbone(net.config, resume.config)
         load_prompts(net.prompt_learner, resume)
         optimizer.load_state_dict(resume.state["optimizer"])
         generator.set_state(resume.state["generator"])
@@ -70,8 +73,8 @@ def train(config: TrainConfig, model: ModelConfig | DHRCLIP | None = None) -> li
     cache = None if config.feature_cache == "off" else FeatureCache(
         config.feature_cache, len(dataset), device, save_path / "feature_cache")
     history: list[dict] = []
-    log.info("training on %d images of %d classes from %s, %d epochs", len(items), len(by_class),
-             config.data_path, config.epochs)
+    log.info("training on %s: %d images of %d classes from %s, %d epochs", config.dataset or
+             config.data_path.resolve().name, len(items), len(by_class), config.data_path, config.epochs)
     try:
         for epoch in range(start_epoch, config.epochs + 1):
             started = time.perf_counter()
@@ -84,9 +87,7 @@ def train(config: TrainConfig, model: ModelConfig | DHRCLIP | None = None) -> li
                 text = net.text_features()  # fp32: the prompts change every step
                 loss = segmentation_loss(net.layer_maps(feats, text), masks)
                 if config.image_loss_weight:
-                    # From the global view alone, as the authors compute it (docs/method.md §7).
-                    logits = view_logits(feats.global_embedding, text) / TEMPERATURE
-                    loss = loss + config.image_loss_weight * F.cross_entropy(logits, labels.long())
+                    loss = loss + config.image_loss_weight * image_loss(feats.global_embedding, text, labels)
                 if not math.isfinite(loss.item()):
                     raise UserError(f"the loss became {loss.item()} at epoch {epoch}, step {step}; training "
                                     f"stopped, the last good checkpoint is kept in {save_path}")
@@ -102,13 +103,15 @@ def train(config: TrainConfig, model: ModelConfig | DHRCLIP | None = None) -> li
                 log.info(line)
                 _append_log(save_path, line)
             if epoch % config.save_freq == 0 or epoch == config.epochs:
-                save_checkpoint(save_path / f"epoch_{epoch}.pth", {
+                path = save_path / f"epoch_{epoch}.pth"
+                save_checkpoint(path, {
                     **model.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "generator": generator.get_state(),
                     "epoch": epoch,
                     "train_config": config.to_dict(),
                 })
+                model.checkpoint = path
     finally:
         if cache is not None:
             cache.close()
@@ -127,16 +130,6 @@ def _resume_point(folder: Path | None) -> Checkpoint | None:
         raise UserError(f"{last} has no optimizer state (not written by this train.py); cannot resume from it",
                         field="resume")
     return state
-
-
-def _check_resumable(checkpoint: Checkpoint, config: ModelConfig) -> None:
-    """Resuming continues the same model: every setting must be the checkpoint's."""
-    if checkpoint.config is None:
-        return
-    name = config.first_difference(checkpoint.config, ignore=("pretrained", "weights_fingerprint"))
-    if name is not None:
-        raise UserError(f"{name}={getattr(config, name)} differs from the checkpoint being resumed "
-                        f"({name}={getattr(checkpoint.config, name)}); resuming continues the same model", field=name)
 
 
 def _batches(model: DHRCLIPModel, dataset: CanvasDataset, batches: list[torch.Tensor], cache: FeatureCache | None,

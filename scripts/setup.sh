@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create .venv and install DHR-CLIP into it (editable); --dev adds the test tools.
-# TORCH_SPEC picks the PyTorch build (default: the release pinned for this project's machines).
+# TORCH_SPEC picks the PyTorch build (default: the pinned release the test suite runs on).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}

@@ -12,10 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT, RUNTIME, SMALL_MODEL, small_config, train_small
+from conftest import ROOT, RUNTIME, small_config, train_small
 from dhrclip import DHRCLIP, PredictConfig, cli, predict
 from dhrclip.checkpoint import read_checkpoint, save_checkpoint
-from dhrclip.config import ModelConfig, resolve_model_config
+from dhrclip.config import ModelConfig, check_resumable, resolve_model_config
 from dhrclip.errors import UserError
 from dhrclip.synthetic import save_openai_format, synthetic_image, tiny_clip
 
@@ -93,8 +93,11 @@ def test_print_config_of_a_checkpoint(capsys, odd_checkpoint, tmp_path):
                       "--print_config", "--sigma", "4"])
     lines = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()}
     assert lines["sigma"] == ["4.0", "argument"] and lines["dpam"] == ["2", "checkpoint"]
-    assert lines["features_list"] == ["(1,", "3)", "checkpoint"]
+    assert lines["features_list"] == ["1", "3", "checkpoint"]
     assert not (tmp_path / "predictions").exists()
+    cli.test_main(["--checkpoint_path", str(odd_checkpoint), "--print_config", "--model", "ViT-B-16"])  # no data
+    lines = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()}
+    assert lines["model"] == ["ViT-B-16", "argument"] and lines["quick_gelu"] == ["None", "backbone"]
 
 
 def test_test_time_geometry_may_differ_and_is_logged(caplog, odd_checkpoint):
@@ -150,7 +153,7 @@ def test_weights_default_to_the_recorded_file_and_other_weights_are_warned_about
     other = save_openai_format(tiny_clip(seed=9), tmp_path / "other.pt")
     with caplog.at_level(logging.WARNING):
         DHRCLIP.from_checkpoint(tmp_path / "ckpt", pretrained=str(other), device="cpu")
-    assert "is not the weights the prompts were trained with" in caplog.text
+    assert "is not the file the prompts were trained with" in caplog.text
     Path(weights).unlink()
     with pytest.raises(UserError, match="trained with the weights file .*w.pt, which is not there") as error:
         DHRCLIP.from_checkpoint(tmp_path / "ckpt", device="cpu")
@@ -191,8 +194,10 @@ def test_resuming_with_other_settings_is_refused(tmp_path, clip_file, source_dat
     cli.train_main(["--train_data_path", str(source_data), "--save_path", str(tmp_path / "run"),
                     "--resume", str(tmp_path / "run"), "--epoch", "2", *RUNTIME])  # no flags: the checkpoint's
     assert read_checkpoint(tmp_path / "run").state["epoch"] == 2
-    with pytest.raises(UserError, match="dpam=4 differs from the checkpoint being resumed"):
-        resolve_model_config({"dpam": 4}, saved=small_config(clip_file), resume=True)
+    saved = small_config(clip_file)
+    with pytest.raises(UserError, match="dpam=4 differs from the checkpoint being resumed") as error:
+        check_resumable(resolve_model_config({"dpam": 4}, saved=saved, resume=True).config, saved)
+    assert error.value.field == "dpam"
 
 
 def test_text_features_stay_fp32_when_the_vision_tower_runs_in_bf16(clip_file):
@@ -221,7 +226,7 @@ def test_threshold_file_is_refused_for_other_settings_or_checkpoints(tmp_path, c
     assert json.loads(threshold.read_text())["config"]["sigma"] == 8
     predict(model, PredictConfig(**common, save_path=tmp_path / "same", threshold_file=threshold))
     smoother = DHRCLIP.from_checkpoint(checkpoint, device="cpu", sigma=0)
-    with pytest.raises(UserError, match="calibrated with sigma=8.0, but this run uses sigma=0") as error:
+    with pytest.raises(UserError, match="this run uses sigma=0, but .* was calibrated with 8.0") as error:
         predict(smoother, PredictConfig(**common, save_path=tmp_path / "x", threshold_file=threshold))
     assert error.value.field == "sigma"
     train_small(source_data, tmp_path / "other", clip_file, epochs=2)
@@ -253,10 +258,108 @@ def test_readme_api_example_runs(tmp_path, monkeypatch, checkpoint, target_data)
     assert (tmp_path / "results" / "visa" / "results.json").is_file()
 
 
-def test_installed_commands_and_import_from_elsewhere(tmp_path):
+def test_installed_commands_and_help_without_torch(tmp_path):
     bin_dir = Path(sys.executable).parent
     proc = subprocess.run([str(bin_dir / "dhrclip-test"), "--help"], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0 and "(default: results)" in proc.stdout and "--print_config" in proc.stdout
-    proc = subprocess.run([sys.executable, "-c", "import dhrclip, sys; print(dhrclip.__version__); "
-                           "print('torch' in sys.modules)"], capture_output=True, text=True, cwd=tmp_path)
-    assert proc.returncode == 0 and proc.stdout.split() == ["0.2.0", "False"]
+    for script in ("train.py", "test.py", "predict.py", "demo.py"):
+        proc = subprocess.run([sys.executable, "-X", "importtime", script, "--help"], capture_output=True, text=True,
+                              cwd=ROOT)
+        assert proc.returncode == 0 and "usage:" in proc.stdout, script
+        assert not re.search(r"\|\s+torch$", proc.stderr, re.M), f"{script} --help imports torch"
+
+
+def test_pip_install_gives_a_package_that_imports_from_anywhere(tmp_path):
+    """A plain (non-editable) install of the project: the package, its version, its entry points."""
+    source, target = tmp_path / "source", tmp_path / "site"  # a copy, so the build leaves the checkout alone
+    shutil.copytree(ROOT / "dhrclip", source / "dhrclip", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--target", str(target), str(source)], check=True, capture_output=True)
+    assert (target / "dhrclip" / "detector.py").is_file() and not (target / "dhrclip" / "tests").exists()
+    code = "import dhrclip, sys; print(dhrclip.__version__, dhrclip.__file__, 'torch' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(target)!r}); {code}"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    version, where, torch_loaded = proc.stdout.split()
+    assert version == "0.2.0" and where.startswith(str(target)) and torch_loaded == "False"
+    entry_points = next(target.glob("dhrclip-*.dist-info")) / "entry_points.txt"
+    assert "dhrclip-predict = dhrclip.cli:predict_main" in entry_points.read_text()
+
+
+def test_model_override_warns_and_a_recorded_tag_is_the_default(tmp_path, caplog, odd_checkpoint):
+    state = torch.load(odd_checkpoint, weights_only=True)
+    state["config"]["pretrained"] = "openai"  # as if trained on the tag
+    save_checkpoint(tmp_path / "tag.pth", state)
+    resolved = DHRCLIP.resolve_config(tmp_path / "tag.pth")
+    assert resolved.config.pretrained == "openai" and resolved.sources["pretrained"] == "checkpoint"
+    with caplog.at_level(logging.WARNING):
+        resolved = DHRCLIP.resolve_config(tmp_path / "tag.pth", model="ViT-B-16-quickgelu")
+    assert "model=ViT-B-16-quickgelu differs from training (model=ViT-L-14-336-quickgelu)" in caplog.text
+    assert resolved.config.quick_gelu is None and resolved.sources["quick_gelu"] == "backbone"
+
+
+def test_weights_are_recorded_by_absolute_path_and_resume_survives_a_move(tmp_path, monkeypatch, clip_file,
+                                                                         source_data, caplog):
+    (tmp_path / "w").mkdir()
+    shutil.copy(clip_file, tmp_path / "w" / "tiny.pt")
+    monkeypatch.chdir(tmp_path)
+    train_small(source_data, tmp_path / "run", clip_file, model=small_config(Path("w/tiny.pt")))
+    assert read_checkpoint(tmp_path / "run").config.pretrained == str(tmp_path.resolve() / "w" / "tiny.pt")
+    moved = shutil.move(tmp_path / "w" / "tiny.pt", tmp_path / "moved.pt")
+    # Library: resuming without a model takes the checkpoint's settings; a moved weights file is accepted.
+    history = train_small(source_data, tmp_path / "run", clip_file, epochs=2, resume=tmp_path / "run",
+                          model=small_config(Path(moved)))
+    assert [h["epoch"] for h in history] == [2]
+    cli.train_main(["--train_data_path", str(source_data), "--save_path", str(tmp_path / "run"), "--resume",
+                    str(tmp_path / "run"), "--epoch", "3", "--pretrained", str(moved), *RUNTIME])
+    assert read_checkpoint(tmp_path / "run").state["epoch"] == 3
+    other = save_openai_format(tiny_clip(seed=3), tmp_path / "other.pt")
+    with caplog.at_level(logging.WARNING):
+        train_small(source_data, tmp_path / "run", clip_file, epochs=4, resume=tmp_path / "run",
+                    model=small_config(other))
+    assert "not the file the prompts were trained with" in caplog.text
+
+
+def test_resuming_without_a_model_uses_the_checkpoint_settings(tmp_path, clip_file, source_data):
+    train_small(source_data, tmp_path / "run", clip_file, model=small_config(clip_file, sigma=3.0))
+    from dhrclip import TrainConfig, train
+    train(TrainConfig(data_path=source_data, save_path=tmp_path / "run", epochs=2, resume=tmp_path / "run",
+                      batch_size=4, num_workers=0, device="cpu"))
+    assert read_checkpoint(tmp_path / "run").config.sigma == 3.0
+
+
+def test_quick_gelu_tags_other_than_openai_are_refused_in_gelu_architectures(tmp_path, monkeypatch):
+    import open_clip
+    from dhrclip import backbone
+    plain = tmp_path / "b32.pt"
+    torch.save(open_clip.create_model("ViT-B-32", pretrained=None).state_dict(), plain)
+    monkeypatch.setattr(backbone, "_download", lambda model, tag: plain)
+    with pytest.raises(UserError, match="trained with QuickGELU .* use model ViT-B-32-quickgelu"):
+        backbone.load_clip("ViT-B-32", "laion400m_e32")
+
+
+def test_bad_precision_is_refused_before_the_backbone_loads(odd_checkpoint, monkeypatch):
+    from dhrclip import detector
+    monkeypatch.setattr(detector, "load_clip", lambda *a: pytest.fail("loaded the backbone"))
+    with pytest.raises(UserError, match="precision 'float16' is not one of fp32, fp16, bf16") as error:
+        DHRCLIP.from_checkpoint(odd_checkpoint, device="cpu", precision="float16")
+    assert error.value.field == "precision"
+
+
+def test_predict_api_refuses_folders_and_turns_pil_images_upright(tmp_path, checkpoint):
+    model = DHRCLIP.from_checkpoint(checkpoint, device="cpu")
+    with pytest.raises(UserError, match="is a folder"):
+        model.predict(tmp_path)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 30x50, shown 50 high and 30 wide
+    Image.fromarray(synthetic_image("grain", 30, 50, np.random.default_rng(0))).save(tmp_path / "r.jpg", exif=exif)
+    by_path, by_pil = model.predict([tmp_path / "r.jpg", Image.open(tmp_path / "r.jpg")])
+    assert by_path.anomaly_map.shape == by_pil.anomaly_map.shape == (50, 30)
+    assert np.allclose(by_path.anomaly_map, by_pil.anomaly_map, atol=1e-6)
+
+
+def test_after_training_the_detector_knows_its_checkpoint(tmp_path, clip_file, source_data):
+    model = DHRCLIP.create(small_config(clip_file), device="cpu")
+    train_small(source_data, tmp_path / "run", clip_file, epochs=2, model=model)
+    assert model.checkpoint == tmp_path / "run" / "epoch_2.pth"

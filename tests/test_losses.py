@@ -21,3 +21,13 @@ def test_dice_loss_hand_computed():
     first = 1 - (2 * 1.5 + 1) / (1.75 + 2 + 1)
     second = 1 - (0 + 1) / (0 + 0 + 1)
     assert math.isclose(dice_loss(pred, gt).item(), (first + second) / 2, rel_tol=1e-6)
+
+
+def test_image_loss_uses_the_global_view_alone_by_hand():
+    from dhrclip.losses import image_loss
+    text = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    glob = torch.tensor([[3.0, 4.0], [1.0, 0.0]])  # normalised: (0.6, 0.8) and (1, 0)
+    labels = torch.tensor([1, 0])
+    logits = torch.tensor([[0.6, 0.8], [1.0, 0.0]]) / 0.07
+    want = -(torch.log_softmax(logits, 1)[0, 1] + torch.log_softmax(logits, 1)[1, 0]) / 2
+    assert torch.allclose(image_loss(glob, text, labels), want, atol=1e-6)

@@ -114,7 +114,7 @@ def case_checkpoint_missing(data, ckpt, clip):
 
 
 def case_checkpoint_config(data, ckpt, clip):
-    return ["--depth", "4"], r"--depth=4 does not fit the checkpoint, whose prompts have depth=3"
+    return ["--depth", "4"], r"--depth=4 does not fit the checkpoint: its prompts were trained with 3"
 
 
 def case_checkpoint_pickle(data, ckpt, clip):

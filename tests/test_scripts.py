@@ -38,5 +38,6 @@ def test_protocol_script_runs_train_and_test_with_valid_flags(tmp_path):
     assert test_visa["args"]["target_image_size"] == "1024" and test_visa["args"]["patch_image_size"] == "518"
     assert test_mvtec["args"]["target_image_size"] == "672" and test_mvtec["args"]["patch_image_size"] == "336"
     assert train_visa["args"]["target_image_size"] == "448" and train_visa["args"]["epoch"] == "15"
-    assert all(c["args"]["features_list"] == "[24]" for c in calls[2:])
+    assert train_mvtec["args"]["features_list"] == train_visa["args"]["features_list"] == "[24]"
+    assert test_visa["args"]["features_list"] == test_mvtec["args"]["features_list"] == "None"  # the checkpoint's
     assert all(c["args"]["pretrained"] == "/w/ViT-L-14-336px.pt" for c in calls[2:])
