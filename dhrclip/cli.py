@@ -16,14 +16,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .config import (AUPRO_MODES, DEFAULT_MODEL, FEATURE_CACHE_MODES, MAP_NORMS, METRIC_LEVELS, PRECISIONS,
-                     EvalConfig, ModelConfig, PredictConfig, ResolvedConfig, TrainConfig, resolve_model_config)
+from .config import (AUPRO_MODES, DEFAULT_MODEL, FEATURE_CACHE_MODES, FIGURE_SCALES, MAP_NORMS, METRIC_LEVELS,
+                     ON_ERROR, PRECISIONS, EvalConfig, ModelConfig, PredictConfig, ResolvedConfig, TrainConfig,
+                     resolve_model_config)
 from .errors import UserError
 
 log = logging.getLogger("dhrclip")
 
 MODEL_FLAGS = ("model", "pretrained", "features_list", "image_size", "patch_image_size", "target_image_size",
                "tiles_per_side", "depth", "n_ctx", "t_n_ctx", "dpam", "sigma")
+# predict.py's exit status when some images could not be read (they have error rows).
+EXIT_SKIPPED = 3
 # Settings whose flag has another name than the field.
 FLAG_ALIASES = {"epochs": ("epoch",)}
 _DEFAULTS = ModelConfig()
@@ -46,6 +49,15 @@ def _parser(description: str) -> argparse.ArgumentParser:
 
 def path_arg(value: str) -> Path:
     return Path(value).expanduser()
+
+
+def workers_arg(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto or a number, got {value!r}") from None
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, from_checkpoint: bool) -> None:
@@ -79,7 +91,11 @@ def add_model_arguments(parser: argparse.ArgumentParser, from_checkpoint: bool) 
     r.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="vision-tower precision (default: bf16 on CUDA, fp32 on CPU; the text tower is always fp32)")
     r.add_argument("--batch_size", type=int, default=8, help="images per batch")
-    r.add_argument("--num_workers", type=int, default=2, help="DataLoader worker processes")
+    r.add_argument("--num_workers", type=workers_arg, default="auto",
+                   help="DataLoader worker processes; auto: none for small jobs, up to 4 for large ones")
+    r.add_argument("--bit_depth", type=int, default=None,
+                   help="significant bits of 16-bit images (default: the PNG's sBIT chunk, else inferred from "
+                        "each image's maximum as 10, 12, 14 or 16)")
     r.add_argument("--seed", type=int, default=111, help="random seed")
     r.add_argument("--print_config", action="store_true",
                    help="print the effective model settings and where each comes from, then exit")
@@ -141,6 +157,13 @@ def prediction_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibrate_on", default=None, help="folder (or glob) of known-good images to set thresholds")
     p.add_argument("--calibrate_quantile", type=float, default=1.0,
                    help="quantile of the good images' scores and map maxima used as thresholds (1.0: their maximum)")
+    p.add_argument("--on_error", choices=ON_ERROR, default="skip",
+                   help="an unreadable image: skip it with an error row (exit status 3 at the end) or stop (exit 2)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a previous run's outputs in --save_path (without it such a folder is refused)")
+    p.add_argument("--figure_scale", choices=FIGURE_SCALES, default="run",
+                   help="heatmap colours: one scale for the whole run (the pixel threshold in the middle), "
+                        "or each image's own range")
     add_model_arguments(p, from_checkpoint=True)
     return p
 
@@ -153,7 +176,7 @@ def demo_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained", default="openai", help="tag or weights file; 'none' forces the tiny random CLIP")
     p.add_argument("--epoch", type=int, default=None, help="training epochs (default 8 tiny, 3 real)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--num_workers", type=int, default=0)
+    p.add_argument("--num_workers", type=workers_arg, default="auto")
     p.add_argument("--debug", action="store_true")
     return p
 
@@ -180,7 +203,7 @@ def _train(args: argparse.Namespace) -> None:
         epochs=args.epoch, learning_rate=args.learning_rate, batch_size=args.batch_size,
         print_freq=args.print_freq, save_freq=args.save_freq, image_loss_weight=args.image_loss_weight,
         feature_cache=args.feature_cache, resume=args.resume, seed=args.seed, num_workers=args.num_workers,
-        device=args.device, precision=args.precision)
+        bit_depth=args.bit_depth, device=args.device, precision=args.precision)
     last = latest_checkpoint(args.resume) if args.resume is not None else None
     saved = read_checkpoint(last).config if last is not None else None
     resolved = resolve_model_config(model_overrides(args), saved=saved, resume=saved is not None)
@@ -208,7 +231,7 @@ def _test(args: argparse.Namespace) -> None:
     config = EvalConfig(
         data_path=_data_path(args, args.data_path), save_path=args.save_path, dataset=args.dataset,
         classes=args.classes, metrics=args.metrics, map_norm=args.map_norm, aupro=args.aupro, vis=args.vis,
-        batch_size=args.batch_size, num_workers=args.num_workers, seed=args.seed)
+        batch_size=args.batch_size, num_workers=args.num_workers, bit_depth=args.bit_depth, seed=args.seed)
     if not args.print_config:
         read_meta(config.data_path, "test", config.classes)  # a wrong dataset fails before the model loads
     model = _load_detector(args)
@@ -222,13 +245,14 @@ def _predict(args: argparse.Namespace) -> None:
     config = PredictConfig(
         input=args.input, save_path=args.save_path, threshold=args.threshold, pixel_threshold=args.pixel_threshold,
         threshold_file=args.threshold_file, calibrate_on=args.calibrate_on,
-        calibrate_quantile=args.calibrate_quantile, batch_size=args.batch_size, num_workers=args.num_workers,
-        seed=args.seed)
+        calibrate_quantile=args.calibrate_quantile, on_error=args.on_error, overwrite=args.overwrite,
+        figure_scale=args.figure_scale, batch_size=args.batch_size, num_workers=args.num_workers,
+        bit_depth=args.bit_depth, seed=args.seed)
     if not args.print_config:
-        collect_images(config.input)  # a wrong input fails before the model loads
+        collect_images(config.input, exclude=config.save_path)  # a wrong input fails before the model loads
     model = _load_detector(args)
-    if model is not None:
-        predict(model, config)
+    if model is not None and any(row["error"] for row in predict(model, config)):
+        sys.exit(EXIT_SKIPPED)
 
 
 def _demo(args: argparse.Namespace) -> None:

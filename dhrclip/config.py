@@ -25,6 +25,8 @@ FEATURE_CACHE_MODES = ("auto", "off", "memory", "disk")
 METRIC_LEVELS = ("image-level", "pixel-level", "image-pixel-level")
 MAP_NORMS = ("per-image", "none")
 AUPRO_MODES = ("exact", "legacy")
+ON_ERROR = ("skip", "stop")
+FIGURE_SCALES = ("run", "image")
 
 # How a value given at test time may differ from the checkpoint's (docs/method.md §9).
 GEOMETRY_FIELDS = ("image_size", "patch_image_size", "target_image_size", "tiles_per_side", "sigma", "alpha")
@@ -76,6 +78,8 @@ class ModelConfig:
         for name in ("image_size", "patch_image_size", "target_image_size", "tiles_per_side"):
             _require(getattr(self, name) >= 1, name, f"must be positive, got {getattr(self, name)}")
         _require(len(self.features_list) > 0, "features_list", "needs at least one layer")
+        _require(len(set(self.features_list)) == len(self.features_list), "features_list",
+                 f"{list(self.features_list)} names a layer twice")
         _require(0.0 <= self.alpha <= 1.0, "alpha", f"must be in [0, 1], got {self.alpha}")
         _require(self.sigma >= 0, "sigma", f"must not be negative, got {self.sigma}")
 
@@ -206,6 +210,18 @@ def _plain(config: object) -> dict[str, Any]:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
 
 
+def _run_checks(config: object) -> None:
+    """What every run shares: a batch size, workers ("auto" or a count), an output folder."""
+    _positive(config, "batch_size")
+    workers = config.num_workers
+    _require(workers == "auto" or (isinstance(workers, int) and workers >= 0), "num_workers",
+             f"must be auto or a count of at least 0, got {workers}")
+    _require(not config.save_path.exists() or config.save_path.is_dir(), "save_path",
+             f"{config.save_path} is a file, not a folder")
+    _require(config.bit_depth is None or 8 <= config.bit_depth <= 16, "bit_depth",
+             f"must be between 8 and 16, got {config.bit_depth}")
+
+
 def _positive(config: object, *names: str) -> None:
     for name in names:
         _require(getattr(config, name) >= 1, name, f"must be at least 1, got {getattr(config, name)}")
@@ -232,14 +248,18 @@ class TrainConfig:
     feature_cache: str = "auto"
     resume: Path | None = None          # folder whose latest epoch_N.pth to continue from
     seed: int = 111
-    num_workers: int = 2
+    num_workers: int | str = "auto"     # DataLoader workers; auto: none for small jobs
+    bit_depth: int | None = None        # significant bits of 16-bit images; None: read or inferred
     device: str = "auto"                # used when train() builds the model itself
     precision: str | None = None
 
     def __post_init__(self) -> None:
         self.data_path, self.save_path = Path(self.data_path), Path(self.save_path)
-        _positive(self, "epochs", "batch_size", "print_freq", "save_freq")
-        _require(self.num_workers >= 0, "num_workers", f"must not be negative, got {self.num_workers}")
+        _positive(self, "epochs", "print_freq", "save_freq")
+        _run_checks(self)
+        _require(self.learning_rate > 0, "learning_rate", f"must be positive, got {self.learning_rate}")
+        _require(self.image_loss_weight >= 0, "image_loss_weight",
+                 f"must not be negative, got {self.image_loss_weight}")
         _choice(self, "feature_cache", FEATURE_CACHE_MODES)
 
     def to_dict(self) -> dict[str, Any]:
@@ -259,13 +279,13 @@ class EvalConfig:
     aupro: str = "exact"
     vis: bool = False
     batch_size: int = 8
-    num_workers: int = 2
+    num_workers: int | str = "auto"
+    bit_depth: int | None = None
     seed: int = 111
 
     def __post_init__(self) -> None:
         self.data_path, self.save_path = Path(self.data_path), Path(self.save_path)
-        _positive(self, "batch_size")
-        _require(self.num_workers >= 0, "num_workers", f"must not be negative, got {self.num_workers}")
+        _run_checks(self)
         _choice(self, "metrics", METRIC_LEVELS)
         _choice(self, "map_norm", MAP_NORMS)
         _choice(self, "aupro", AUPRO_MODES)
@@ -285,14 +305,19 @@ class PredictConfig:
     threshold_file: Path | None = None
     calibrate_on: str | None = None     # folder or glob of known-good images
     calibrate_quantile: float = 1.0
+    on_error: str = "skip"              # an unreadable image: "skip" (an error row) or "stop"
+    overwrite: bool = False             # replace a previous run's outputs in save_path
+    figure_scale: str = "run"           # heatmap colours: one scale for the run, or per image
     batch_size: int = 8
-    num_workers: int = 2
+    num_workers: int | str = "auto"
+    bit_depth: int | None = None
     seed: int = 111
 
     def __post_init__(self) -> None:
         self.save_path = Path(self.save_path)
-        _positive(self, "batch_size")
-        _require(self.num_workers >= 0, "num_workers", f"must not be negative, got {self.num_workers}")
+        _run_checks(self)
+        _choice(self, "on_error", ON_ERROR)
+        _choice(self, "figure_scale", FIGURE_SCALES)
         _require(0.0 < self.calibrate_quantile <= 1.0, "calibrate_quantile",
                  f"must be in (0, 1], got {self.calibrate_quantile}")
 

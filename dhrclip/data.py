@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
@@ -31,36 +33,65 @@ def _open(path: Path, what: str) -> Image.Image:
         raise UserError(f"{what} {path} is unreadable or truncated ({exc})") from exc
 
 
-def _high_bit_depth_to_uint8(img: Image.Image) -> np.ndarray:
-    """Scale a 16-bit or 32-bit single-channel image to 8 bits by its value range."""
+def png_significant_bits(path: Path) -> int | None:
+    """The significant bits a PNG declares in its sBIT chunk (e.g. 12 for Mono12 cameras), if any."""
+    try:
+        with open(path, "rb") as handle:
+            if handle.read(8) != b"\x89PNG\r\n\x1a\n":
+                return None
+            while True:
+                head = handle.read(8)
+                if len(head) < 8:
+                    return None
+                length, kind = struct.unpack(">I4s", head)
+                if kind == b"sBIT":
+                    return max(handle.read(length)[:3]) or None
+                if kind in (b"IDAT", b"IEND"):
+                    return None
+                handle.seek(length + 4, os.SEEK_CUR)
+    except (OSError, struct.error, ValueError):
+        return None
+
+
+def _high_bit_depth_to_uint8(img: Image.Image, bits: int | None = None) -> np.ndarray:
+    """Scale a 16-bit or 32-bit single-channel image to 8 bits by its real range.
+
+    Integer images use ``bits`` significant bits when known (given, or a PNG's
+    sBIT chunk), else the observed maximum rounded up to 10, 12, 14 or 16 bits:
+    a 12-bit camera frame stored as 16-bit PNG is not divided by 65,535.
+    """
     arr = np.asarray(img, dtype=np.float64)
-    if img.mode.startswith("I;16") or arr.max() > 255:
-        top = 65535.0
-    elif img.mode == "F" and arr.max() <= 1.0:
+    if img.mode == "F" and arr.max() <= 1.0:
         top = 1.0  # float images in [0, 1]
+    elif img.mode.startswith("I;16") or arr.max() > 255:
+        bits = bits or next((b for b in (10, 12, 14) if arr.max() < 2 ** b), 16)
+        top = 2.0 ** bits - 1
     else:
         top = 255.0
     return np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
-def load_rgb(path: Path) -> Image.Image:
-    """Any reasonable image file as 8-bit RGB: grayscale, palette, RGBA, 16-bit, CMYK, EXIF-rotated."""
-    return to_rgb(_open(path, "image"))
+def load_rgb(path: Path, bit_depth: int | None = None) -> Image.Image:
+    """Any reasonable image file as 8-bit RGB: grayscale, palette, RGBA, 16-bit, CMYK, EXIF-rotated.
+
+    ``bit_depth``: significant bits of 16-bit images (default: the PNG's sBIT
+    chunk, else inferred from the image's maximum)."""
+    return to_rgb(_open(path, "image"), bit_depth or png_significant_bits(path))
 
 
 ImageSource = Union[str, Path, Image.Image, np.ndarray]
 
 
-def image_from_source(source: ImageSource) -> Image.Image:
+def image_from_source(source: ImageSource, bit_depth: int | None = None) -> Image.Image:
     """A path, a PIL image or an (H, W) / (H, W, 3|4) uint8 array as 8-bit RGB; files and
     PIL images upright per their EXIF orientation."""
     if isinstance(source, (str, Path)):
         if Path(source).is_dir():
             raise UserError(f"{source} is a folder: give image files (predict.py and prediction.collect_images "
                             f"take folders)")
-        return load_rgb(Path(source))
+        return load_rgb(Path(source), bit_depth)
     if isinstance(source, Image.Image):
-        return to_rgb(ImageOps.exif_transpose(source))
+        return to_rgb(ImageOps.exif_transpose(source), bit_depth)
     if isinstance(source, np.ndarray):
         if source.dtype != np.uint8 or not (source.ndim == 2 or (source.ndim == 3 and source.shape[2] in (3, 4))):
             raise UserError(f"an image array must be uint8 of shape (H, W), (H, W, 3) or (H, W, 4); got "
@@ -69,10 +100,10 @@ def image_from_source(source: ImageSource) -> Image.Image:
     raise UserError(f"cannot read an image from a {type(source).__name__}: give a path, a PIL image or a uint8 array")
 
 
-def to_rgb(img: Image.Image) -> Image.Image:
+def to_rgb(img: Image.Image, bit_depth: int | None = None) -> Image.Image:
     """An opened image in any mode as 8-bit RGB (alpha composited on black)."""
     if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        img = Image.fromarray(_high_bit_depth_to_uint8(img), mode="L")
+        img = Image.fromarray(_high_bit_depth_to_uint8(img, bit_depth), mode="L")
     elif img.mode == "P":
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA"):
@@ -184,10 +215,12 @@ class CanvasDataset(Dataset):
     runs batched on the device.
     """
 
-    def __init__(self, items: list[Item], canvas_size: int, with_masks: bool = True) -> None:
+    def __init__(self, items: list[Item], canvas_size: int, with_masks: bool = True,
+                 bit_depth: int | None = None) -> None:
         self.items = items
         self.size = canvas_size
         self.with_masks = with_masks
+        self.bit_depth = bit_depth
 
     def __len__(self) -> int:
         return len(self.items)
@@ -197,7 +230,7 @@ class CanvasDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         item = self.items[index]
-        img = load_rgb(item.image)
+        img = load_rgb(item.image, self.bit_depth)
         sample = {"image": to_canvas(img, self.size), "label": item.anomaly, "index": index,
                   "size": torch.tensor([img.height, img.width])}
         if self.with_masks:
@@ -213,11 +246,18 @@ class CanvasDataset(Dataset):
 
 
 class ImageDataset(Dataset):
-    """Images from paths, PIL images or arrays as canvases: uint8 (3, T, T), index, original size."""
+    """Images from paths, PIL images or arrays as canvases: uint8 (3, T, T), index, original size.
 
-    def __init__(self, sources: list[ImageSource], canvas_size: int) -> None:
+    With ``skip_errors`` an unreadable image does not stop the run: its sample
+    carries the message in ``error`` (empty for good ones) and a blank canvas.
+    """
+
+    def __init__(self, sources: list[ImageSource], canvas_size: int, bit_depth: int | None = None,
+                 skip_errors: bool = False) -> None:
         self.sources = sources
         self.size = canvas_size
+        self.bit_depth = bit_depth
+        self.skip_errors = skip_errors
 
     def __len__(self) -> int:
         return len(self.sources)
@@ -227,5 +267,20 @@ class ImageDataset(Dataset):
         return str(source) if isinstance(source, (str, Path)) else f"image {index} of the batch"
 
     def __getitem__(self, index: int) -> dict:
-        img = image_from_source(self.sources[index])
-        return {"image": to_canvas(img, self.size), "index": index, "size": torch.tensor([img.height, img.width])}
+        try:
+            img = image_from_source(self.sources[index], self.bit_depth)
+        except UserError as exc:
+            if not self.skip_errors:
+                raise
+            return {"image": torch.zeros(3, self.size, self.size, dtype=torch.uint8), "index": index,
+                    "size": torch.tensor([0, 0]), "error": str(exc)}
+        sample = {"image": to_canvas(img, self.size), "index": index, "size": torch.tensor([img.height, img.width])}
+        return {**sample, "error": ""} if self.skip_errors else sample
+
+
+def worker_count(num_workers: int | str, images: int) -> int:
+    """DataLoader workers: a count as given; ``auto`` starts none for small jobs, where worker
+    start-up costs more than it saves, and up to 4 for large ones."""
+    if num_workers != "auto":
+        return int(num_workers)
+    return 0 if images < 64 else min(4, os.cpu_count() or 1)

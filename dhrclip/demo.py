@@ -45,7 +45,7 @@ def _backbone(model: str, pretrained: str, out: Path, device: str) -> tuple[DHRC
 
 
 def run_demo(save_path: Path = Path("./demo_output"), model: str = DEFAULT_MODEL, pretrained: str = "openai",
-             epochs: int | None = None, device: str = "auto", num_workers: int = 0) -> dict:
+             epochs: int | None = None, device: str = "auto", num_workers: int | str = "auto") -> dict:
     """Synthesise, index, train, test; returns test.py's results dict."""
     started = time.perf_counter()
     out = Path(save_path)
@@ -59,10 +59,12 @@ def run_demo(save_path: Path = Path("./demo_output"), model: str = DEFAULT_MODEL
     epochs = epochs or (3 if real else 8)
     train(TrainConfig(data_path=source, dataset="synthetic-source", save_path=out / "checkpoint", epochs=epochs,
                       save_freq=epochs, batch_size=8, num_workers=num_workers), detector)
-    detector.checkpoint = out / "checkpoint" / f"epoch_{epochs}.pth"
     results = evaluate(detector, EvalConfig(data_path=target, dataset="synthetic-target", save_path=out / "results",
                                             vis=True, batch_size=8, num_workers=num_workers))
     print(f"\nTrained on {', '.join(SOURCE_CLASSES)}; tested zero-shot on {', '.join(TARGET_CLASSES)}"
           f" ({'real CLIP weights' if real else 'tiny RANDOM CLIP'}), {time.perf_counter() - started:.0f} s.")
     print(f"Results: {out / 'results' / 'results.json'}; heatmaps: {out / 'results' / 'vis'}/<class>/")
+    print(f"Your own images with these prompts (the checkpoint brings back its settings):\n"
+          f"  python predict.py --checkpoint_path {detector.checkpoint} --input YOUR_IMAGES/ "
+          f"--save_path predictions/")
     return results

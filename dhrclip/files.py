@@ -26,6 +26,7 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give what any new file gets
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
@@ -34,6 +35,12 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def save_json(path: Path, data: dict) -> None:

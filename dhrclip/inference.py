@@ -7,7 +7,7 @@ image's own size.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .data import CanvasDataset, ImageDataset, ImageSource
+from .data import CanvasDataset, ImageDataset, ImageSource, worker_count
 from .errors import UserError
 from .maps import minmax_normalize
 from .model import DHRCLIPModel
@@ -30,6 +30,7 @@ class BatchOutput:
     scores: np.ndarray           # (B,) image scores
     sizes: np.ndarray            # (B, 2) original (height, width)
     masks: np.ndarray | None     # (B, T, T) bool, for datasets with masks
+    errors: dict[int, str] = field(default_factory=dict)  # dataset position -> why it was skipped
 
 
 @dataclass
@@ -45,26 +46,37 @@ class Prediction:
 
 
 @torch.no_grad()
-def iter_batches(model: DHRCLIPModel, dataset: CanvasDataset | ImageDataset, batch_size: int, num_workers: int = 0,
-                 map_norm: str = "none", desc: str = "inference") -> Iterator[BatchOutput]:
+def iter_batches(model: DHRCLIPModel, dataset: CanvasDataset | ImageDataset, batch_size: int,
+                 num_workers: int | str = 0, map_norm: str = "none", desc: str = "inference"
+                 ) -> Iterator[BatchOutput]:
     """Run ``model`` over ``dataset`` in batches: views encoded together, maps smoothed (and,
     with ``map_norm="per-image"``, min-max normalised) on the device, one host copy of the
-    scores per batch and none per image."""
+    scores per batch and none per image. Images the dataset could not read (``error``) are
+    left out of the batch and reported in ``errors``."""
     model.eval()
     device = model.device
     text = model.text_features()
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=device.type == "cuda")
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=worker_count(num_workers, len(dataset)),
+                        pin_memory=device.type == "cuda")
     for batch in tqdm(loader, desc=desc, unit="batch", disable=None):
-        maps, scores = model(batch["image"].to(device, non_blocking=True), text)
+        index, images, sizes = batch["index"].numpy(), batch["image"], batch["size"].numpy()
+        errors = {int(i): e for i, e in zip(index, batch.get("error", ())) if e}
+        if errors:
+            keep = np.array([int(i) not in errors for i in index])
+            index, images, sizes = index[keep], images[torch.from_numpy(keep)], sizes[keep]
+            if not len(index):
+                yield BatchOutput(index=index, maps=torch.empty(0), scores=np.empty(0), sizes=sizes, masks=None,
+                                  errors=errors)
+                continue
+        maps, scores = model(images.to(device, non_blocking=True), text)
         if map_norm == "per-image":
             maps = minmax_normalize(maps)
-        index = batch["index"].numpy()
         finite = torch.isfinite(maps).flatten(1).all(dim=1) & torch.isfinite(scores)
         if not bool(finite.all()):
             bad = dataset.describe(int(index[int((~finite).nonzero()[0])]))
             raise UserError(f"the anomaly map of {bad} contains NaN or Inf; try precision fp32", field="precision")
-        yield BatchOutput(index=index, maps=maps, scores=scores.cpu().numpy(), sizes=batch["size"].numpy(),
-                          masks=batch["mask"].numpy() if "mask" in batch else None)
+        yield BatchOutput(index=index, maps=maps, scores=scores.cpu().numpy(), sizes=sizes,
+                          masks=batch["mask"].numpy() if "mask" in batch else None, errors=errors)
 
 
 def to_image_size(amap: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -72,11 +84,14 @@ def to_image_size(amap: np.ndarray, height: int, width: int) -> np.ndarray:
     return cv2.resize(amap, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
-def iter_predictions(model: DHRCLIPModel, sources: list[ImageSource], batch_size: int, num_workers: int = 0,
-                     desc: str = "predicting") -> Iterator[tuple[int, Prediction]]:
-    """(position in ``sources``, Prediction) for every image, in batches, maps at each image's own size."""
-    dataset = ImageDataset(sources, model.config.target_image_size)
+def iter_predictions(model: DHRCLIPModel, sources: list[ImageSource], batch_size: int, num_workers: int | str = 0,
+                     desc: str = "predicting", bit_depth: int | None = None, skip_errors: bool = False
+                     ) -> Iterator[tuple[int, Prediction | str]]:
+    """(position in ``sources``, Prediction) for every image, in batches, maps at each image's own
+    size. With ``skip_errors`` an unreadable image gives (position, why) instead of stopping."""
+    dataset = ImageDataset(sources, model.config.target_image_size, bit_depth, skip_errors)
     for batch in iter_batches(model, dataset, batch_size, num_workers, desc=desc):
+        yield from batch.errors.items()
         maps = batch.maps.cpu().numpy()
         for k, i in enumerate(batch.index):
             h, w = (int(v) for v in batch.sizes[k])

@@ -9,6 +9,7 @@ from open_clip.model import CLIP
 from torch import nn
 
 from .config import ModelConfig
+from .errors import UserError
 from .maps import anomaly_score_map, combine_views, gaussian_blur, image_logits, image_scores, token_probabilities
 from .prompts import PromptLearner, TextEncoder
 from .runtime import autocast
@@ -45,6 +46,10 @@ class DHRCLIPModel(nn.Module):
         self.clip = clip.eval().requires_grad_(False)
         self.tiles = TileGrid(config.target_image_size, config.patch_image_size, config.tiles_per_side)
         self.vision = VisionEncoder(clip.visual, config.features_list, config.dpam)
+        for name in ("image_size", "patch_image_size"):
+            if getattr(config, name) < self.vision.patch_size:
+                raise UserError(f"{name} {getattr(config, name)} is smaller than the backbone's patch of "
+                                f"{self.vision.patch_size} pixels", field=name)
         self.prompt_learner = PromptLearner(clip.ln_final.weight.shape[0], config.n_ctx, config.depth,
                                             config.t_n_ctx)
         self.text = TextEncoder(clip, self.prompt_learner)

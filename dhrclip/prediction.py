@@ -12,6 +12,13 @@ With many calibration images a quantile such as 0.99 tolerates a few
 outliers among them. Maps are raw (smoothed, not normalised per image), so
 thresholds on them mean the same for every image. A threshold file records
 the settings and checkpoint it was calibrated with; it is refused for others.
+
+A batch run survives bad files: an unreadable image gets a row with its
+``error`` and the run goes on (``on_error="stop"`` stops instead). Rows are
+appended to predictions.csv as they are produced, so an interrupted run keeps
+what it did; predictions.json and the figures follow at the end. A save_path
+holding a previous run's outputs is refused unless ``overwrite`` is set, and
+the output folder is never read as input.
 """
 from __future__ import annotations
 
@@ -20,10 +27,10 @@ import glob
 import io
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from .config import ModelConfig, PredictConfig
@@ -34,15 +41,18 @@ from .files import atomic_write, fingerprint, read_json, save_json
 from .indexing import IMAGE_SUFFIXES
 from .inference import iter_predictions
 from .runtime import seed_everything
-from .visualize import heatmap_overlay, outline, panels, save_rgb
+from .visualize import ColorScale, prediction_figure, save_rgb
 
 log = logging.getLogger(__name__)
 
-CSV_FIELDS = ("path", "image_score", "map_max", "decision")
+CSV_FIELDS = ("path", "image_score", "map_max", "decision", "error")
+OUTPUTS = ("predictions.csv", "predictions.json", "threshold.json", "maps", "figures")
+FEW_CALIBRATION_IMAGES = 10
 
 
-def collect_images(spec: str) -> tuple[list[Path], Path]:
-    """Image files named by a file, a folder (recursive) or a glob, and the folder they share."""
+def collect_images(spec: str, exclude: Path | None = None) -> tuple[list[Path], Path]:
+    """Image files named by a file, a folder (recursive) or a glob, and the folder they share;
+    nothing inside ``exclude`` (the output folder) is taken."""
     path = Path(spec).expanduser()
     if path.is_file():
         files = [path]
@@ -53,25 +63,38 @@ def collect_images(spec: str) -> tuple[list[Path], Path]:
                        if Path(p).is_file() and Path(p).suffix.lower() in IMAGE_SUFFIXES)
         if not files and not any(ch in spec for ch in "*?["):
             raise UserError(f"input {spec}: no such file or folder", field="input")
+    if exclude is not None:
+        outside = Path(exclude).resolve()
+        files = [f for f in files if not f.resolve().is_relative_to(outside)]
     if not files:
         raise UserError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found at {spec}", field="input")
     base = path if path.is_dir() else Path(os.path.commonpath([f.parent for f in files]))
     return files, base
 
 
-def calibrate(model: DHRCLIP, spec: str, quantile: float, batch_size: int, num_workers: int = 0) -> dict:
+def calibrate(model: DHRCLIP, spec: str, quantile: float, batch_size: int, num_workers: int | str = 0,
+              bit_depth: int | None = None, skip_errors: bool = True, exclude: Path | None = None) -> dict:
     """Thresholds from known-good images (see the module docstring for the rule), with the
     settings and checkpoint they hold for."""
-    files, _ = collect_images(spec)
+    files, _ = collect_images(spec, exclude)
     scores, maxima = [], []
-    for _, result in iter_predictions(model.model, files, batch_size, num_workers, desc="calibrating"):
+    for i, result in iter_predictions(model.model, files, batch_size, num_workers, "calibrating", bit_depth,
+                                      skip_errors):
+        if isinstance(result, str):
+            log.warning("calibration skips %s: %s", files[i], result)
+            continue
         scores.append(result.score)
         maxima.append(result.map_max)
+    if not scores:
+        raise UserError(f"calibrate_on {spec}: none of its images could be read", field="calibrate_on")
+    if len(scores) < FEW_CALIBRATION_IMAGES:
+        log.warning("thresholds calibrated on only %d good image(s) are uncertain; %d or more are advised",
+                    len(scores), FEW_CALIBRATION_IMAGES)
     return {
         "image_threshold": float(np.quantile(scores, quantile)),
         "pixel_threshold": float(np.quantile(maxima, quantile)),
         "rule": f"quantile {quantile} of the known-good images' image scores and per-image map maxima",
-        "calibration_images": len(files),
+        "calibration_images": len(scores),
         "calibrate_on": str(spec),
         "good_score_range": [float(min(scores)), float(max(scores))],
         "checkpoint": str(model.checkpoint) if model.checkpoint else None,
@@ -115,7 +138,7 @@ def resolve_thresholds(model: DHRCLIP, config: PredictConfig) -> tuple[float | N
         check_threshold_file(saved, model, config.threshold_file)
     if config.calibrate_on is not None:
         found = calibrate(model, config.calibrate_on, config.calibrate_quantile, config.batch_size,
-                          config.num_workers)
+                          config.num_workers, config.bit_depth, config.on_error == "skip", config.save_path)
         save_json(config.save_path / "threshold.json", found)
         log.info("calibrated on %d good images: image threshold %.4f, pixel threshold %.4f (saved to %s)",
                  found["calibration_images"], found["image_threshold"], found["pixel_threshold"],
@@ -128,46 +151,85 @@ def resolve_thresholds(model: DHRCLIP, config: PredictConfig) -> tuple[float | N
     return image_t, pixel_t
 
 
-def _figure(image: np.ndarray, amap: np.ndarray, score: float, pixel_t: float | None) -> np.ndarray:
-    span = float(amap.max() - amap.min())
-    shown = (amap - amap.min()) / span if span > 0 else np.zeros_like(amap)
-    row = [("input", image), (f"score {score:.3f}", heatmap_overlay(image, shown))]
-    if pixel_t is not None:
-        row.append((f"map > {pixel_t:.3f}", outline(image, amap > pixel_t)))
-    return panels(row)
+def _previous_outputs(out: Path) -> list[str]:
+    return [name for name in OUTPUTS if (out / name).exists()]
 
 
 def predict(model: DHRCLIP, config: PredictConfig) -> list[dict]:
-    """Write a figure and a float16 map per image, and predictions.csv/.json for all of them."""
+    """Write a float16 map per image, predictions.csv/.json for all of them, then a figure per image.
+
+    Returns the rows, sorted by path; a row whose ``error`` is set was skipped.
+    """
     started = time.perf_counter()
     seed_everything(config.seed)
-    files, base = collect_images(config.input)
     out = config.save_path
-    image_t, pixel_t = resolve_thresholds(model, config)
+    files, base = collect_images(config.input, exclude=out)
+    previous = _previous_outputs(out)
+    if previous and not config.overwrite:
+        raise UserError(f"{out} holds a previous run's outputs ({', '.join(previous)}); choose another save_path "
+                        f"or set overwrite to replace them", field="overwrite")
+    image_t, pixel_t = resolve_thresholds(model, config)  # before clearing: the threshold file may be in `out`
+    for name in previous:
+        if name == "threshold.json" and config.calibrate_on is not None:
+            continue  # the calibration just saved there
+        if (out / name).is_dir():
+            shutil.rmtree(out / name)
+        else:
+            (out / name).unlink()
+    out.mkdir(parents=True, exist_ok=True)
 
     rows: list[dict] = []
-    for i, result in iter_predictions(model.model, files, config.batch_size, config.num_workers):
-        source = files[i]
-        amap = result.anomaly_map
-        h, w = amap.shape
-        relative = source.relative_to(base)
-        relative = relative.with_name(relative.name.replace(".", "_"))  # a.png and a.jpg stay apart
-        np.save(_ensure_parent(out / "maps" / f"{relative}.npy"), amap.astype(np.float16))
-        scale = min(1.0, 1024 / max(h, w))
-        size = (max(1, round(w * scale)), max(1, round(h * scale)))
-        shown = amap if size == (w, h) else cv2.resize(amap, size)
-        image = np.asarray(load_rgb(source).resize(shown.shape[::-1]), dtype=np.uint8)
-        save_rgb(out / "figures" / f"{relative}.png", _figure(image, shown, result.score, pixel_t))
-        rows.append({"path": str(source), "image_score": result.score, "map_max": result.map_max,
-                     "decision": decide(result.score, result.map_max, image_t, pixel_t)})
+    low, high = np.inf, -np.inf
+    with open(out / "predictions.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        for i, result in iter_predictions(model.model, files, config.batch_size, config.num_workers,
+                                          bit_depth=config.bit_depth, skip_errors=config.on_error == "skip"):
+            if isinstance(result, str):
+                log.warning("skipped %s: %s", files[i], result)
+                row = {"path": str(files[i]), "image_score": None, "map_max": None, "decision": "", "error": result}
+            else:
+                amap = result.anomaly_map
+                np.save(_ensure_parent(out / "maps" / _map_name(files[i], base)), amap.astype(np.float16))
+                low, high = min(low, float(amap.min())), max(high, result.map_max)
+                row = {"path": str(files[i]), "image_score": result.score, "map_max": result.map_max,
+                       "decision": decide(result.score, result.map_max, image_t, pixel_t), "error": ""}
+            writer.writerow(row)
+            handle.flush()
+            rows.append(row)
     rows.sort(key=lambda r: r["path"])
     _write_table(out, rows, image_t, pixel_t, model, config)
-    anomalous = sum(r["decision"] == "anomalous" for r in rows)
+    _write_figures(out, rows, base, ColorScale.around(low, high, pixel_t) if np.isfinite(low) else None,
+                   pixel_t, config)
+    done = [r for r in rows if not r["error"]]
+    anomalous = sum(r["decision"] == "anomalous" for r in done)
     known = image_t is not None or pixel_t is not None
-    summary = f"{len(rows)} images, " + (f"{anomalous} anomalous, " if known else
+    summary = f"{len(done)} images, " + (f"{anomalous} anomalous, " if known else
                                          "no threshold (give threshold or calibrate_on), ")
-    print(f"{summary}{time.perf_counter() - started:.1f} s; results in {out}/predictions.csv")
+    skipped = f"{len(rows) - len(done)} skipped (see the error column), " if len(done) < len(rows) else ""
+    print(f"{summary}{skipped}{time.perf_counter() - started:.1f} s; results in {out}/predictions.csv")
     return rows
+
+
+def _map_name(source: Path, base: Path) -> Path:
+    """maps/ and figures/ mirror the input tree; a.png and a.jpg stay apart."""
+    relative = source.relative_to(base)
+    return relative.with_name(relative.name.replace(".", "_") + ".npy")
+
+
+def _write_figures(out: Path, rows: list[dict], base: Path, run_scale: ColorScale | None, pixel_t: float | None,
+                   config: PredictConfig) -> None:
+    """One figure per image, drawn once the run's range is known so all share one colour scale."""
+    for row in rows:
+        if row["error"]:
+            continue
+        source = Path(row["path"])
+        amap = np.load(out / "maps" / _map_name(source, base)).astype(np.float32)
+        scale = run_scale if config.figure_scale == "run" else ColorScale.around(float(amap.min()),
+                                                                                  float(amap.max()), pixel_t)
+        image = np.asarray(load_rgb(source, config.bit_depth), dtype=np.uint8)
+        save_rgb(out / "figures" / _map_name(source, base).with_suffix(".png"),
+                 prediction_figure(image, amap, scale, source.name, row["image_score"], row["decision"], pixel_t))
 
 
 def decide(score: float, peak: float, image_t: float | None, pixel_t: float | None) -> str:
@@ -185,6 +247,7 @@ def _ensure_parent(path: Path) -> Path:
 
 def _write_table(out: Path, rows: list[dict], image_t: float | None, pixel_t: float | None, model: DHRCLIP,
                  config: PredictConfig) -> None:
+    """The final predictions.csv (sorted by path) and predictions.json, each written atomically."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS)
     writer.writeheader()

@@ -24,6 +24,11 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device {name} asked for CUDA, but this PyTorch sees no CUDA device; use device cpu",
                         field="device")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"device {name} asked for Apple's MPS, which this machine or PyTorch lacks; use device cpu",
+                        field="device")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"device {name} is not supported (use auto, cpu, cuda, cuda:N or mps)", field="device")
     return device
 
 

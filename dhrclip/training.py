@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from .checkpoint import Checkpoint, latest_checkpoint, load_prompts, read_checkpoint, save_checkpoint
 from .config import ModelConfig, TrainConfig, check_resumable
-from .data import CanvasDataset, has_masks, read_meta
+from .data import CanvasDataset, has_masks, read_meta, worker_count
 from .detector import DHRCLIP, check_backbone
 from .errors import UserError
 from .feature_cache import FeatureCache
@@ -69,7 +69,7 @@ def train(config: TrainConfig, model: ModelConfig | DHRCLIP | None = None) -> li
         start_epoch = int(resume.state["epoch"]) + 1
         log.info("resuming from %s at epoch %d", resume.path, start_epoch)
 
-    dataset = CanvasDataset(items, net.config.target_image_size)
+    dataset = CanvasDataset(items, net.config.target_image_size, bit_depth=config.bit_depth)
     cache = None if config.feature_cache == "off" else FeatureCache(
         config.feature_cache, len(dataset), device, save_path / "feature_cache")
     history: list[dict] = []
@@ -133,14 +133,14 @@ def _resume_point(folder: Path | None) -> Checkpoint | None:
 
 
 def _batches(model: DHRCLIPModel, dataset: CanvasDataset, batches: list[torch.Tensor], cache: FeatureCache | None,
-             num_workers: int) -> Iterator[tuple[ViewFeatures, torch.Tensor, torch.Tensor]]:
+             num_workers: int | str) -> Iterator[tuple[ViewFeatures, torch.Tensor, torch.Tensor]]:
     """Yield (view features, masks, labels) per batch, from the cache once it is full."""
     device = model.device
     if cache is not None and cache.complete:
         for indices in batches:
             yield cache.load(indices, device)
         return
-    loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
+    loader = DataLoader(dataset, batch_sampler=batches, num_workers=worker_count(num_workers, len(dataset)),
                         pin_memory=device.type == "cuda", persistent_workers=False)
     for indices, batch in zip(batches, loader):
         images = batch["image"].to(device, non_blocking=True)

@@ -48,7 +48,8 @@ class VisionEncoder(nn.Module):
         self.layers = len(visual.transformer.resblocks)
         bad = [layer for layer in features_list if not 1 <= layer <= self.layers]
         if bad:
-            raise UserError(f"features_list {bad} is outside the model's layers 1..{self.layers}", field="features_list")
+            raise UserError(f"features_list {bad} is outside the model's layers 1..{self.layers}",
+                            field="features_list")
         if not 1 <= dpam <= self.layers:
             raise UserError(f"dpam {dpam} must be between 1 and the model's depth {self.layers}", field="dpam")
         self.features_list = list(features_list)

@@ -66,3 +66,6 @@ def test_demo_runs_the_whole_protocol(tmp_path):
     assert sorted(results["classes"]) == ["checker", "pill", "ring", "waves"]
     assert len(list((tmp_path / "results" / "vis").rglob("*.png"))) == 40
     assert (tmp_path / "checkpoint" / "epoch_2.pth").is_file()
+    last = proc.stdout.strip().splitlines()[-1].strip()  # how to go on: no model flags needed
+    assert last == f"python predict.py --checkpoint_path {tmp_path / 'checkpoint' / 'epoch_2.pth'} " \
+                   f"--input YOUR_IMAGES/ --save_path predictions/"

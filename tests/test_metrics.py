@@ -145,4 +145,5 @@ def test_image_metrics_and_undefined_cases():
 
 def test_legacy_aupro_reproduces_the_reference_loop():
     masks, maps = random_case(8, n=4, h=20, w=20)
-    assert legacy_aupro(masks, maps) == pytest.approx(_reference_metric_step()(masks.astype(np.uint8), maps)[3], abs=1e-12)
+    reference = _reference_metric_step()(masks.astype(np.uint8), maps)[3]
+    assert legacy_aupro(masks, maps) == pytest.approx(reference, abs=1e-12)
