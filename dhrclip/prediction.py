@@ -229,7 +229,8 @@ def _write_figures(out: Path, rows: list[dict], base: Path, run_scale: ColorScal
                                                                                   float(amap.max()), pixel_t)
         image = np.asarray(load_rgb(source, config.bit_depth), dtype=np.uint8)
         save_rgb(out / "figures" / _map_name(source, base).with_suffix(".png"),
-                 prediction_figure(image, amap, scale, source.name, row["image_score"], row["decision"], pixel_t))
+                 prediction_figure(image, amap, scale, source.relative_to(base).as_posix(), row["image_score"],
+                                   row["decision"], pixel_t))
 
 
 def decide(score: float, peak: float, image_t: float | None, pixel_t: float | None) -> str:

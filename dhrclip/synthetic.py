@@ -62,8 +62,10 @@ def synthetic_image(kind: str, h: int, w: int, rng: np.random.Generator) -> np.n
     return _texture(kind, h, w, rng) if kind in TEXTURES else _object(kind, h, w, rng)
 
 
-def paint_defect(img: np.ndarray, defect: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Paint a defect on a copy of ``img``; returns the image and its bool mask."""
+def paint_defect(img: np.ndarray, defect: str, rng: np.random.Generator,
+                 color: tuple[int, int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Paint a defect on a copy of ``img`` (in ``color``, else the defect type's own); returns
+    the image and its bool mask."""
     h, w = img.shape[:2]
     mask = np.zeros((h, w), np.uint8)
     cy, cx = int(rng.integers(h // 5, 4 * h // 5)), int(rng.integers(w // 5, 4 * w // 5))
@@ -78,15 +80,17 @@ def paint_defect(img: np.ndarray, defect: str, rng: np.random.Generator) -> tupl
         cv2.circle(mask, (cx, cy), size, 1, -1)
     else:
         raise ValueError(f"unknown defect {defect}")
-    color = {"scratch": (250, 250, 250), "blob": (200, 40, 40), "hole": (5, 5, 5)}[defect]
+    color = color or {"scratch": (250, 250, 250), "blob": (200, 40, 40), "hole": (5, 5, 5)}[defect]
     out = img.copy()
     out[mask.astype(bool)] = color
     return out, mask.astype(bool)
 
 
 def write_mvtec_dataset(root: Path, classes: list[str], n_good: int = 4, n_defect: int = 4, n_train: int = 2,
-                        size: tuple[int, int] = (96, 96), seed: int = 0) -> Path:
-    """Write an MVTec-layout dataset of synthetic classes under ``root``."""
+                        size: tuple[int, int] = (96, 96), seed: int = 0,
+                        defect_color: tuple[int, int, int] | None = None) -> Path:
+    """Write an MVTec-layout dataset of synthetic classes under ``root``; ``defect_color`` paints
+    every defect in one colour instead of one per defect type."""
     rng = np.random.default_rng(seed)
     root = Path(root)
     h, w = size
@@ -98,7 +102,7 @@ def write_mvtec_dataset(root: Path, classes: list[str], n_good: int = 4, n_defec
                 cv2.imwrite(str(folder / f"{i:03d}.png"), synthetic_image(cls, h, w, rng)[..., ::-1])
         for i in range(n_defect):
             defect = DEFECTS[i % len(DEFECTS)]
-            img, mask = paint_defect(synthetic_image(cls, h, w, rng), defect, rng)
+            img, mask = paint_defect(synthetic_image(cls, h, w, rng), defect, rng, defect_color)
             folder, gt = root / cls / "test" / defect, root / cls / "ground_truth" / defect
             folder.mkdir(parents=True, exist_ok=True)
             gt.mkdir(parents=True, exist_ok=True)

@@ -129,5 +129,5 @@ def save_test_figures(folder: Path, items: list[Item], maps: np.ndarray, masks: 
             row.append(("ground truth", outline(image, gt)))
         label = "anomalous" if item.anomaly else "normal"
         name = f"{item.specie_name}_{item.image.stem}.png" if item.specie_name else f"{item.image.stem}.png"
-        save_rgb(Path(folder) / name, figure(f"{item.image.name}   score {scores[i]:.3f}   label {label}", row,
-                                             scale))
+        shown = f"{item.specie_name}/{item.image.name}" if item.specie_name else item.image.name
+        save_rgb(Path(folder) / name, figure(f"{shown}   score {scores[i]:.3f}   label {label}", row, scale))
