@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import re
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -107,7 +108,9 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--train_data_path", type=path_arg, default=None,
                    help="dataset root holding meta.json (default: ./data/<dataset>)")
     p.add_argument("--save_path", type=path_arg, default=Path("./checkpoint"), help="where epoch_N.pth go")
-    p.add_argument("--dataset", default=None, help="name of the training dataset, for logs (default: mvtec)")
+    p.add_argument("--dataset", default=None,
+                   help="name of the training dataset, for logs (default: the data folder's name; the default "
+                        "data path is ./data/mvtec)")
     p.add_argument("--epoch", type=int, default=15)
     p.add_argument("--learning_rate", type=float, default=0.001)
     p.add_argument("--print_freq", type=int, default=1, help="log the loss every N epochs")
@@ -162,8 +165,8 @@ def prediction_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="replace a previous run's outputs in --save_path (without it such a folder is refused)")
     p.add_argument("--figure_scale", choices=FIGURE_SCALES, default="run",
-                   help="heatmap colours: one scale for the whole run (the pixel threshold in the middle), "
-                        "or each image's own range")
+                   help="heatmap colours: one scale for the whole run, or one per image; either is widened to "
+                        "put the pixel threshold in the middle when there is one")
     add_model_arguments(p, from_checkpoint=True)
     return p
 
@@ -240,7 +243,7 @@ def _test(args: argparse.Namespace) -> None:
 
 
 def _predict(args: argparse.Namespace) -> None:
-    from .prediction import collect_images, predict
+    from .prediction import check_save_path, collect_images, predict
 
     config = PredictConfig(
         input=args.input, save_path=args.save_path, threshold=args.threshold, pixel_threshold=args.pixel_threshold,
@@ -248,8 +251,9 @@ def _predict(args: argparse.Namespace) -> None:
         calibrate_quantile=args.calibrate_quantile, on_error=args.on_error, overwrite=args.overwrite,
         figure_scale=args.figure_scale, batch_size=args.batch_size, num_workers=args.num_workers,
         bit_depth=args.bit_depth, seed=args.seed)
-    if not args.print_config:
-        collect_images(config.input, exclude=config.save_path)  # a wrong input fails before the model loads
+    if not args.print_config:  # a wrong input or output folder fails before the model loads
+        collect_images(config.input, exclude=config.save_path)
+        check_save_path(config)
     model = _load_detector(args)
     if model is not None and any(row["error"] for row in predict(model, config)):
         sys.exit(EXIT_SKIPPED)
@@ -258,8 +262,12 @@ def _predict(args: argparse.Namespace) -> None:
 def _demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
-    run_demo(args.save_path, model=args.model, pretrained=args.pretrained, epochs=args.epoch, device=args.device,
-             num_workers=args.num_workers)
+    results = run_demo(args.save_path, model=args.model, pretrained=args.pretrained, epochs=args.epoch,
+                       device=args.device, num_workers=args.num_workers)
+    checkpoint = results["trained"]["checkpoint"]
+    print(f"Your own images with these prompts (the checkpoint brings back its settings):\n"
+          f"  {shlex.quote(sys.executable)} predict.py --checkpoint_path {shlex.quote(checkpoint)} "
+          f"--input YOUR_IMAGES/ --save_path predictions/")
 
 
 def run(main: Callable[[argparse.Namespace], object], parser: argparse.ArgumentParser,

@@ -29,8 +29,11 @@ def _open(path: Path, what: str) -> Image.Image:
         with Image.open(path) as img:
             img.load()
             return ImageOps.exif_transpose(img)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
         raise UserError(f"{what} {path} is unreadable or truncated ({exc})") from exc
+
+
+_INFERRED_BITS: set[int] = set()  # depths already reported, so each is logged once
 
 
 def png_significant_bits(path: Path) -> int | None:
@@ -57,14 +60,21 @@ def _high_bit_depth_to_uint8(img: Image.Image, bits: int | None = None) -> np.nd
     """Scale a 16-bit or 32-bit single-channel image to 8 bits by its real range.
 
     Integer images use ``bits`` significant bits when known (given, or a PNG's
-    sBIT chunk), else the observed maximum rounded up to 10, 12, 14 or 16 bits:
-    a 12-bit camera frame stored as 16-bit PNG is not divided by 65,535.
+    sBIT chunk) and the data fit them, else the observed maximum rounded up to
+    8, 10, 12, 14 or 16 bits: a 12-bit camera frame stored as 16-bit PNG is not
+    divided by 65,535. (Pillow reads 16-bit colour images as 8-bit RGB already.)
     """
     arr = np.asarray(img, dtype=np.float64)
-    if img.mode == "F" and arr.max() <= 1.0:
+    peak = arr.max()
+    if img.mode == "F" and peak <= 1.0:
         top = 1.0  # float images in [0, 1]
-    elif img.mode.startswith("I;16") or arr.max() > 255:
-        bits = bits or next((b for b in (10, 12, 14) if arr.max() < 2 ** b), 16)
+    elif img.mode.startswith("I;16") or peak > 255:
+        if not bits or not 1 <= bits <= 16 or peak >= 2 ** bits:  # a declared depth the data contradicts
+            bits = next(b for b in (8, 10, 12, 14, 16) if peak < 2 ** b or b == 16)
+            if bits not in _INFERRED_BITS:
+                _INFERRED_BITS.add(bits)
+                log.info("a 16-bit image with maximum %d is read as %d-bit; set bit_depth if your camera's "
+                         "depth is known", int(peak), bits)
         top = 2.0 ** bits - 1
     else:
         top = 255.0

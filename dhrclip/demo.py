@@ -91,8 +91,8 @@ def run_demo(save_path: Path = Path("./demo_output"), model: str = DEFAULT_MODEL
     print(f"Heatmaps (input | map | ground truth) in {figures}/<class>/, e.g.\n" +
           "\n".join(f"  {p}" for p in examples))
     print(f"Results: {out / 'results' / 'results.json'} (untrained: {out / 'results_untrained' / 'results.json'})")
-    print(f"Your own images with these prompts (the checkpoint brings back its settings):\n"
-          f"  python predict.py --checkpoint_path {detector.checkpoint} --input YOUR_IMAGES/ "
-          f"--save_path predictions/")
+    if not real:
+        print("Image-level scores come from the global embeddings, which carry little of a small defect in a "
+              "random CLIP;\nthe pixel maps are what this demo shows.")
     return {"untrained": untrained, "trained": trained}
 

@@ -152,7 +152,7 @@ def evaluate(model: DHRCLIP, config: EvalConfig) -> dict:
     pixel_classes = _classes_with_masks(by_class) if want_pixel else set()
     if want_pixel and not want_image and not pixel_classes:
         raise UserError(f"metrics pixel-level: no class of {config.data_path} has a mask for every anomalous "
-                        f"image, so there is nothing to report; use image-level metrics", field="metrics")
+                        f"image, so there is nothing to report; use metrics image-level", field="metrics")
     want_pixel = bool(pixel_classes)
 
     checkpoint = str(model.checkpoint) if model.checkpoint is not None else None
@@ -176,6 +176,7 @@ def evaluate(model: DHRCLIP, config: EvalConfig) -> dict:
         "config": model.config.to_dict(),
         "test_config": config.to_dict(),
         "classes": per_class,
+        "pixel_metric_classes": sorted(pixel_classes),  # the classes behind the pixel means
         "mean": mean,
         "timing": {"images": len(items), "inference_s": inference_s, "metrics_s": metrics_s},
     }

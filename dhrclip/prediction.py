@@ -17,8 +17,9 @@ A batch run survives bad files: an unreadable image gets a row with its
 ``error`` and the run goes on (``on_error="stop"`` stops instead). Rows are
 appended to predictions.csv as they are produced, so an interrupted run keeps
 what it did; predictions.json and the figures follow at the end. A save_path
-holding a previous run's outputs is refused unless ``overwrite`` is set, and
-the output folder is never read as input.
+holding a previous run's outputs (predictions, maps, figures; a threshold.json
+only when calibrating would replace it) is refused unless ``overwrite`` is
+set, which removes them first; the output folder is never read as input.
 """
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ from .visualize import ColorScale, prediction_figure, save_rgb
 log = logging.getLogger(__name__)
 
 CSV_FIELDS = ("path", "image_score", "map_max", "decision", "error")
-OUTPUTS = ("predictions.csv", "predictions.json", "threshold.json", "maps", "figures")
+OUTPUTS = ("predictions.csv", "predictions.json", "maps", "figures")  # what a run writes, besides threshold.json
 FEW_CALIBRATION_IMAGES = 10
 
 
@@ -63,11 +64,13 @@ def collect_images(spec: str, exclude: Path | None = None) -> tuple[list[Path], 
                        if Path(p).is_file() and Path(p).suffix.lower() in IMAGE_SUFFIXES)
         if not files and not any(ch in spec for ch in "*?["):
             raise UserError(f"input {spec}: no such file or folder", field="input")
+    found = len(files)
     if exclude is not None:
         outside = Path(exclude).resolve()
         files = [f for f in files if not f.resolve().is_relative_to(outside)]
     if not files:
-        raise UserError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found at {spec}", field="input")
+        inside = f" ({found} left out: they are inside the output folder {exclude})" if found else ""
+        raise UserError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found at {spec}{inside}", field="input")
     base = path if path.is_dir() else Path(os.path.commonpath([f.parent for f in files]))
     return files, base
 
@@ -151,8 +154,21 @@ def resolve_thresholds(model: DHRCLIP, config: PredictConfig) -> tuple[float | N
     return image_t, pixel_t
 
 
-def _previous_outputs(out: Path) -> list[str]:
-    return [name for name in OUTPUTS if (out / name).exists()]
+def check_save_path(config: PredictConfig) -> list[str]:
+    """What in ``save_path`` this run would replace: a previous run's outputs (its threshold.json
+    only when a calibration would replace it, since a run may read its thresholds from there).
+    Refused unless ``overwrite`` is set, and even then when no prediction run wrote them."""
+    out = config.save_path
+    names = [*OUTPUTS, "threshold.json"] if config.calibrate_on is not None else OUTPUTS
+    previous = [name for name in names if (out / name).exists()]
+    if previous and not config.overwrite:
+        raise UserError(f"{out} holds a previous run's outputs ({', '.join(previous)}); choose another save_path "
+                        f"or set overwrite to replace them", field="overwrite")
+    ours = (out / "predictions.csv").is_file() or (out / "predictions.json").is_file()
+    if any(name in ("maps", "figures") for name in previous) and not ours:
+        raise UserError(f"{out} has maps/ or figures/ that no prediction run wrote (no predictions.csv), and "
+                        f"overwrite replaces only a run's outputs; choose another save_path", field="save_path")
+    return previous
 
 
 def predict(model: DHRCLIP, config: PredictConfig) -> list[dict]:
@@ -164,14 +180,11 @@ def predict(model: DHRCLIP, config: PredictConfig) -> list[dict]:
     seed_everything(config.seed)
     out = config.save_path
     files, base = collect_images(config.input, exclude=out)
-    previous = _previous_outputs(out)
-    if previous and not config.overwrite:
-        raise UserError(f"{out} holds a previous run's outputs ({', '.join(previous)}); choose another save_path "
-                        f"or set overwrite to replace them", field="overwrite")
+    previous = check_save_path(config)
     image_t, pixel_t = resolve_thresholds(model, config)  # before clearing: the threshold file may be in `out`
     for name in previous:
-        if name == "threshold.json" and config.calibrate_on is not None:
-            continue  # the calibration just saved there
+        if name == "threshold.json":
+            continue  # the calibration just replaced it
         if (out / name).is_dir():
             shutil.rmtree(out / name)
         else:

@@ -116,7 +116,7 @@ def prediction_figure(image: np.ndarray, amap: np.ndarray, scale: ColorScale, na
 
 def save_test_figures(folder: Path, items: list[Item], maps: np.ndarray, masks: np.ndarray | None,
                       scores: np.ndarray, sizes: np.ndarray, bit_depth: int | None = None) -> None:
-    """test.py --vis: per image, input | heatmap | ground truth (green), at the image's aspect
+    """test.py's figures (EvalConfig.vis): per image, input | heatmap | ground truth (green), at the image's aspect
     ratio, on one colour scale for the class."""
     scale = ColorScale.around(float(maps.min()), float(maps.max()))
     for i, item in enumerate(items):

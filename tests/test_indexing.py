@@ -1,5 +1,6 @@
 """meta.json generators for the dataset layouts, and the demo that uses them."""
 import json
+import shlex
 import subprocess
 import sys
 
@@ -69,5 +70,6 @@ def test_demo_shows_the_prompts_learning_at_its_own_settings(tmp_path):
     assert trained["mean"]["pixel_auroc"] >= 0.90 and trained["mean"]["pixel_auroc"] - untrained >= 0.30
     assert len(list((tmp_path / "results" / "vis").rglob("*.png"))) == 40
     last = proc.stdout.strip().splitlines()[-1].strip()  # how to go on: no model flags needed
-    assert last == f"python predict.py --checkpoint_path {tmp_path / 'checkpoint' / 'epoch_15.pth'} " \
-                   f"--input YOUR_IMAGES/ --save_path predictions/"
+    assert last == f"{shlex.quote(sys.executable)} predict.py --checkpoint_path " \
+                   f"{shlex.quote(str(tmp_path / 'checkpoint' / 'epoch_15.pth'))} --input YOUR_IMAGES/ " \
+                   f"--save_path predictions/"

@@ -52,7 +52,7 @@ def test_forty_images_with_two_bad_files_give_38_maps_40_rows_and_exit_3(tmp_pat
     (images / "img_19b.jpg").write_bytes((images / "img_19b.jpg").read_bytes()[:150])  # truncated, in the middle
     (images / "zz_notes.png").write_text("not an image")                               # sorts last
     proc = run_script("predict.py", "--checkpoint_path", str(checkpoint), "--input", str(images),
-                      "--save_path", str(tmp_path / "out"), *RUNTIME)
+                      "--save_path", str(tmp_path / "out"), *RUNTIME, "--num_workers", "2")  # errors from workers
     assert proc.returncode == 3, proc.stderr[-2000:]
     out = tmp_path / "out"
     assert len(list((out / "maps").glob("*.npy"))) == 38 and len(list((out / "figures").glob("*.png"))) == 38
@@ -89,6 +89,12 @@ def test_a_previous_run_is_refused_or_replaced_and_the_output_folder_is_never_in
     rows = csv_rows(images / "out" / "predictions.csv")
     assert len(rows) == 3 and not any("/out/" in r["path"] for r in rows)
     assert not (images / "out" / "figures" / "stale.png").exists()
+    calibrated = run_script(*argv, "--overwrite", "--calibrate_on", str(images))
+    threshold = images / "out" / "threshold.json"
+    assert calibrated.returncode == 0 and threshold.is_file()
+    reuse = run_script(*argv, "--overwrite", "--threshold_file", str(threshold))  # reads it, keeps it
+    assert reuse.returncode == 0 and threshold.is_file()
+    assert {r["decision"] for r in csv_rows(images / "out" / "predictions.csv")} == {"normal"}
 
 
 def test_output_files_get_the_permissions_of_the_umask(tmp_path, checkpoint):
@@ -120,6 +126,24 @@ def test_figures_share_one_colour_scale_with_the_threshold_in_the_middle():
     big = prediction_figure(np.zeros((3000, 4000, 3), np.uint8), np.zeros((3000, 4000), np.float32), scale,
                             "b.png", 0.9, "anomalous", 0.8)
     assert big.shape[1] <= 3 * DISPLAY_MAX + 100 and big.shape[0] <= DISPLAY_MAX
+
+
+def test_all_figures_of_a_run_share_one_colour_bar_unless_asked_per_image(tmp_path, checkpoint):
+    rng = np.random.default_rng(4)
+    (tmp_path / "in").mkdir()
+    calm = synthetic_image("grain", 48, 48, rng)
+    Image.fromarray(calm).save(tmp_path / "in" / "calm.png")
+    defect = calm.copy()
+    defect[10:30, 10:30] = (220, 30, 30)
+    Image.fromarray(defect).save(tmp_path / "in" / "defect.png")
+    bars = {}
+    for mode in ("run", "image"):
+        proc = run_script("predict.py", "--checkpoint_path", str(checkpoint), "--input", str(tmp_path / "in"),
+                          "--save_path", str(tmp_path / mode), "--figure_scale", mode, *RUNTIME)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        figures = [cv2.imread(str(tmp_path / mode / "figures" / f"{n}_png.png")) for n in ("calm", "defect")]
+        bars[mode] = [f[:, -60:] for f in figures]  # the labelled colour bar on the right
+    assert np.array_equal(*bars["run"]) and not np.array_equal(*bars["image"])
 
 
 def test_vis_figures_keep_the_aspect_ratio(tmp_path, checkpoint, target_data):
@@ -231,3 +255,29 @@ def test_mistakes_end_as_one_line_with_exit_2(tmp_path, checkpoint, source_data,
 
 def test_auto_workers_start_none_for_small_jobs():
     assert worker_count("auto", 10) == 0 and worker_count("auto", 1000) >= 1 and worker_count(3, 10) == 3
+
+
+def test_overwrite_never_removes_folders_no_run_wrote_and_inputs_inside_the_output_are_explained(tmp_path):
+    from dhrclip.errors import UserError
+    from dhrclip.prediction import check_save_path, collect_images
+    (tmp_path / "project" / "figures").mkdir(parents=True)
+    (tmp_path / "project" / "figures" / "thesis_plot.pdf").write_text("mine")
+    config = PredictConfig(input="x", save_path=tmp_path / "project", overwrite=True)
+    with pytest.raises(UserError, match="no prediction run wrote") as error:
+        check_save_path(config)
+    assert error.value.field == "save_path" and (tmp_path / "project" / "figures" / "thesis_plot.pdf").exists()
+    write_images(tmp_path / "project" / "shots", 2)
+    with pytest.raises(UserError, match="2 left out: they are inside the output folder"):
+        collect_images(str(tmp_path / "project" / "shots"), exclude=tmp_path / "project")
+
+
+def test_a_declared_depth_the_data_contradict_is_not_trusted_and_bombs_are_unreadable(tmp_path):
+    from dhrclip.errors import UserError
+    gray = np.random.default_rng(1).integers(0, 256, (20, 30))
+    _png_with_sbit(tmp_path / "conformant.png", (gray * 257).astype(np.uint16), 12)  # scaled to 16 bits, per spec
+    assert np.abs(np.asarray(load_rgb(tmp_path / "conformant.png"))[..., 0] - gray).max() <= 1
+    header = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + struct.pack(">IIBBBBB", 100000, 100000, 8, 0, 0,
+                                                                                    0, 0)
+    (tmp_path / "bomb.png").write_bytes(header + struct.pack(">I", zlib.crc32(header[12:])))
+    with pytest.raises(UserError, match="unreadable or truncated"):
+        load_rgb(tmp_path / "bomb.png")
