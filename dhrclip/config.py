@@ -178,8 +178,7 @@ def resolve_model_config(overrides: Mapping[str, Any], saved: ModelConfig | None
         if name in ("model", "pretrained"):  # another backbone: what it is shows once it is loaded
             base = replace(base, quick_gelu=None, weights_fingerprint=None)
             sources.update(dict.fromkeys(DERIVED_FIELDS, FROM_BACKBONE))
-        shown_old = list(old) if isinstance(old, tuple) else old
-        shown_new = list(value) if isinstance(value, tuple) else value
+        shown_old, shown_new = _shown(old), _shown(value)
         if name in PROMPT_FIELDS:
             raise UserError(f"{name}={shown_new} does not fit the checkpoint: its prompts were trained with "
                             f"{shown_old}", field=name)
@@ -195,13 +194,18 @@ def resolve_model_config(overrides: Mapping[str, Any], saved: ModelConfig | None
     return ResolvedConfig(replace(base, **given), sources)
 
 
+def _shown(value: object) -> object:
+    """A setting as messages show it: tuples (features_list) as lists, as the user typed them."""
+    return list(value) if isinstance(value, tuple) else value
+
+
 def check_resumable(config: ModelConfig, saved: ModelConfig) -> None:
     """Resuming continues the same model: every setting must be the checkpoint's, except
     where its weights file lives (a different file of other weights is warned about when loaded)."""
     name = config.first_difference(saved, ignore=("pretrained", "weights_fingerprint"))
     if name is not None:
-        shown = [list(v) if isinstance(v, tuple) else v for v in (getattr(config, name), getattr(saved, name))]
-        raise UserError(f"{name}={shown[0]} differs from the checkpoint being resumed (trained with {shown[1]}); "
+        raise UserError(f"{name}={_shown(getattr(config, name))} differs from the checkpoint being resumed (trained "
+                        f"with {_shown(getattr(saved, name))}); "
                         f"resuming continues the same model", field=name)
 
 
