@@ -15,6 +15,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from .errors import UserError
+from .metrics import region_sizes
 
 log = logging.getLogger(__name__)
 
@@ -222,15 +223,18 @@ class CanvasDataset(Dataset):
     """Items as model-ready canvases: uint8 (3, T, T) image, bool (T, T) mask, label.
 
     Decoding and resizing happen here, in DataLoader workers; everything after
-    runs batched on the device.
+    runs batched on the device. With ``regions`` each sample also carries its
+    mask's ``region_sizes`` (int32 (T, T)) and ``regions`` count, the mask-only
+    part of the PRO metric, computed here beside the mask.
     """
 
     def __init__(self, items: list[Item], canvas_size: int, with_masks: bool = True,
-                 bit_depth: int | None = None) -> None:
+                 bit_depth: int | None = None, regions: bool = False) -> None:
         self.items = items
         self.size = canvas_size
         self.with_masks = with_masks
         self.bit_depth = bit_depth
+        self.regions = regions and with_masks
 
     def __len__(self) -> int:
         return len(self.items)
@@ -252,6 +256,9 @@ class CanvasDataset(Dataset):
             else:
                 mask = np.zeros((img.height, img.width), dtype=bool)
             sample["mask"] = resize_mask(mask, self.size)
+            if self.regions:
+                sizes, count = region_sizes(sample["mask"].numpy())
+                sample["region_sizes"], sample["regions"] = torch.from_numpy(sizes), count
         return sample
 
 

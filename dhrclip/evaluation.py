@@ -3,21 +3,26 @@ tables and results.json."""
 from __future__ import annotations
 
 import logging
+import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
+import torch
 from tabulate import tabulate
+from tqdm import tqdm
 
 from .config import EvalConfig
 from .data import CanvasDataset, Item, read_meta
 from .detector import DHRCLIP
+from .distributed import gather_all, gather_to_main, sum_across, world
 from .errors import UserError
 from .files import save_json
 from .inference import iter_batches
-from .metrics import image_metrics, legacy_aupro, pixel_metrics
+from .metrics import ImageAccumulator, PixelAccumulator, legacy_aupro
 from .runtime import seed_everything
-from .visualize import save_test_figures
+from .visualize import ColorScale, save_test_figure
 
 log = logging.getLogger(__name__)
 
@@ -25,42 +30,99 @@ METRIC_NAMES = ("pixel_auroc", "pixel_aupro", "pixel_f1max", "pixel_ap", "image_
 
 
 @dataclass
-class Predictions:
-    """Everything inference produced for a list of items, in item order."""
+class ClassState:
+    """What testing keeps of one class: additive metric state, whatever the number of images."""
 
-    maps: np.ndarray     # (N, T, T) float16, smoothed and (optionally) normalised
-    masks: np.ndarray | None  # (N, T, T) bool
-    scores: np.ndarray   # (N,) float32 image scores
-    labels: np.ndarray   # (N,) int
-    sizes: np.ndarray    # (N, 2) original (height, width)
+    pixel: PixelAccumulator | None
+    image: ImageAccumulator = field(default_factory=ImageAccumulator)
 
-    def put(self, at: np.ndarray, maps: np.ndarray, scores: np.ndarray, masks: np.ndarray | None,
-            sizes: np.ndarray) -> None:
-        """Store results for the items at positions ``at``."""
-        self.maps[at], self.scores[at], self.sizes[at] = maps, scores, sizes
-        if self.masks is not None:
-            self.masks[at] = masks
-
-
-def _empty_predictions(items: list[Item], size: int, with_masks: bool) -> Predictions:
-    n = len(items)
-    return Predictions(maps=np.empty((n, size, size), np.float16),
-                       masks=np.empty((n, size, size), bool) if with_masks else None,
-                       scores=np.empty(n, np.float32), labels=np.array([i.anomaly for i in items]),
-                       sizes=np.empty((n, 2), np.int64))
+    def compute(self, aupro_mode: str, legacy: float | None = None) -> dict[str, float | None]:
+        """All seven metrics; None for those not asked for or undefined. With ``aupro_mode``
+        "legacy", AUPRO is the given ``legacy`` value."""
+        result: dict[str, float | None] = dict.fromkeys(METRIC_NAMES)
+        if self.pixel is not None:
+            px = self.pixel.compute()
+            if aupro_mode == "legacy":
+                px["aupro"] = legacy
+            result.update({f"pixel_{k}": v for k, v in px.items()})
+        if self.image.scores:
+            result.update({f"image_{k}": v for k, v in self.image.compute().items()})
+        return result
 
 
-def class_metrics(pred: Predictions, pixel: bool, image: bool, aupro_mode: str) -> dict[str, float | None]:
-    """All seven metrics of one class; None for those not asked for or undefined."""
-    result: dict[str, float | None] = dict.fromkeys(METRIC_NAMES)
-    if pixel and pred.masks is not None:
-        px = pixel_metrics(pred.masks, pred.maps)
-        if aupro_mode == "legacy":
-            px["aupro"] = legacy_aupro(pred.masks, pred.maps)
-        result.update({f"pixel_{k}": v for k, v in px.items()})
-    if image:
-        result.update({f"image_{k}": v for k, v in image_metrics(pred.labels, pred.scores).items()})
-    return result
+class LegacyMaps:
+    """The maps and masks the reference's 200-threshold AUPRO needs (``aupro="legacy"``): it
+    cannot be computed from histograms, so each class's maps are kept until it is complete
+    (in one process) or until the end, when rank 0 gathers them (under torchrun)."""
+
+    def __init__(self, counts: dict[str, int]) -> None:
+        self.counts = counts
+        self.parts: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {c: [] for c in counts}
+        self.values: dict[str, float | None] = {}
+
+    def add(self, cls: str, positions: np.ndarray, maps: torch.Tensor, masks: torch.Tensor) -> None:
+        self.parts[cls].append((positions, maps.half().cpu().numpy(), masks.cpu().numpy()))
+        if world().size == 1 and sum(len(p) for p, _, _ in self.parts[cls]) == self.counts[cls]:
+            self.values[cls] = self._compute(self.parts.pop(cls))
+
+    @staticmethod
+    def _compute(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> float | None:
+        order = np.argsort(np.concatenate([p for p, _, _ in parts]))
+        maps = np.concatenate([m for _, m, _ in parts])[order]
+        masks = np.concatenate([k for _, _, k in parts])[order]
+        return legacy_aupro(masks, maps)
+
+    def finish(self) -> dict[str, float | None]:
+        """Every class's value on rank 0 (an empty dict elsewhere)."""
+        if world().size == 1:
+            return self.values
+        gathered = gather_to_main(self.parts)
+        if gathered is None:
+            return {}
+        return {cls: self._compute([p for rank in gathered for p in rank[cls]]) for cls in self.counts}
+
+
+class FigureSpool:
+    """test.py's figures (``vis``) without keeping maps in memory: each rank writes the maps of
+    the images it owns to a scratch folder as they come, and draws their figures at the end,
+    when every class's colour scale (its lowest and highest score over all ranks) is known."""
+
+    def __init__(self, folder: Path, rank: int) -> None:
+        self.folder = folder
+        self.scratch = folder / f".maps-{rank}"
+        shutil.rmtree(self.scratch, ignore_errors=True)
+        self.scratch.mkdir(parents=True)
+        self.written: list[int] = []
+
+    def add(self, positions: np.ndarray, maps: torch.Tensor, scores: np.ndarray, sizes: np.ndarray,
+            masks: torch.Tensor | None) -> None:
+        maps16 = maps.half().cpu().numpy()
+        masks_np = masks.cpu().numpy() if masks is not None else None
+        for k, i in enumerate(positions):
+            np.savez(self.scratch / f"{int(i)}.npz", map=maps16[k], score=scores[k], size=sizes[k],
+                     **({"mask": masks_np[k]} if masks_np is not None else {}))
+            self.written.append(int(i))
+
+    def draw(self, class_of: list[str], items: list[Item], bit_depth: int | None) -> None:
+        """One figure per image, on its class's colour scale; the scratch folder is removed."""
+        ranges: dict[str, list[float]] = {}
+        for i in self.written:
+            with np.load(self.scratch / f"{i}.npz") as saved:
+                low, high = float(saved["map"].min()), float(saved["map"].max())
+            lo_hi = ranges.setdefault(class_of[i], [low, high])
+            lo_hi[0], lo_hi[1] = min(lo_hi[0], low), max(lo_hi[1], high)
+        merged: dict[str, list[float]] = {}
+        for part in gather_all(ranges):
+            for cls, (low, high) in part.items():
+                lo_hi = merged.setdefault(cls, [low, high])
+                lo_hi[0], lo_hi[1] = min(lo_hi[0], low), max(lo_hi[1], high)
+        for i in tqdm(self.written, desc="figures", unit="image", disable=None if world().is_main else True):
+            with np.load(self.scratch / f"{i}.npz") as saved:
+                save_test_figure(self.folder / class_of[i], items[i], saved["map"],
+                                 saved["mask"] if "mask" in saved else None, float(saved["score"]),
+                                 tuple(int(v) for v in saved["size"]), ColorScale.around(*merged[class_of[i]]),
+                                 bit_depth)
+        shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 def mean_metrics(per_class: dict[str, dict[str, float | None]]) -> dict[str, float | None]:
@@ -83,43 +145,63 @@ def format_table(per_class: dict[str, dict], mean: dict, names: list[str]) -> st
 
 def metrics_by_class(model: DHRCLIP, by_class: dict[str, list[Item]], config: EvalConfig, pixel_classes: set[str],
                      image: bool) -> tuple[dict[str, dict[str, float | None]], float]:
-    """Metrics of every class, streamed: one pass of batched inference over all items, and
-    each class's metrics (and figures, with ``vis``) computed as soon as its last image is in, so
-    memory holds the maps of about one class at a time. Pixel metrics for ``pixel_classes``.
-    Returns the metrics and the seconds spent on them."""
-    pixel = bool(pixel_classes)
+    """Metrics of every class, from one pass of batched inference over this process's shard of
+    the items. Each batch is added to its classes' accumulators on the device, so only
+    histograms leave it; the accumulators of all processes are summed at the end. Pixel
+    metrics for ``pixel_classes``. Returns the metrics (on every rank) and the seconds spent
+    on them."""
+    here = world()
     names = list(by_class)
     starts = np.cumsum([0] + [len(by_class[c]) for c in names])
     items = [item for c in names for item in by_class[c]]
-    size = model.config.target_image_size
-    open_classes: dict[int, Predictions] = {}
-    filled: dict[int, int] = {}
-    per_class: dict[str, dict[str, float | None]] = {}
+    mine = here.shard(len(items))
+    device = model.device
+    states = {c: ClassState(PixelAccumulator(device) if c in pixel_classes else None) for c in names}
+    legacy = LegacyMaps({c: len(by_class[c]) for c in pixel_classes}) if config.aupro == "legacy" else None
+    spool = FigureSpool(config.save_path / "vis", here.rank) if config.vis else None
     metrics_s = 0.0
-    dataset = CanvasDataset(items, size, pixel, config.bit_depth)
+    dataset = CanvasDataset(items[mine.start:mine.stop], model.config.target_image_size, bool(pixel_classes),
+                            config.bit_depth, regions=True)
     for batch in iter_batches(model.model, dataset, config.batch_size, config.num_workers, config.map_norm,
                               desc="testing"):
-        maps = batch.maps.half().cpu().numpy()
-        owner = np.searchsorted(starts, batch.index, side="right") - 1
+        began = time.perf_counter()
+        positions = batch.index + mine.start
+        owner = np.searchsorted(starts, positions, side="right") - 1
         for c in np.unique(owner):
-            rows = owner == c
-            name = names[c]
-            if c not in open_classes:
-                open_classes[c], filled[c] = _empty_predictions(by_class[name], size, pixel), 0
-            pred = open_classes[c]
-            pred.put(batch.index[rows] - starts[c], maps[rows], batch.scores[rows],
-                     batch.masks[rows] if pixel else None, batch.sizes[rows])
-            filled[c] += int(rows.sum())
-            if filled[c] == len(by_class[name]):
-                began = time.perf_counter()
-                per_class[name] = class_metrics(pred, name in pixel_classes, image, config.aupro)
-                if config.vis:
-                    save_test_figures(config.save_path / "vis" / name, by_class[name], pred.maps,
-                                      pred.masks if name in pixel_classes else None, pred.scores, pred.sizes,
-                                      config.bit_depth)
-                metrics_s += time.perf_counter() - began
-                del open_classes[c]
-    return {name: per_class[name] for name in names}, metrics_s
+            name, rows = names[c], owner == c
+            on_device = torch.from_numpy(rows).to(batch.maps.device)
+            state = states[name]
+            if image:
+                state.image.update(batch.scores[rows], [items[i].anomaly for i in positions[rows]])
+            if state.pixel is not None:
+                state.pixel.update(batch.maps[on_device], batch.masks[on_device], batch.region_sizes[on_device],
+                                   int(batch.regions[rows].sum()))
+                if legacy is not None:
+                    legacy.add(name, positions[rows] - starts[c], batch.maps[on_device], batch.masks[on_device])
+            if spool is not None:
+                spool.add(positions[rows], batch.maps[on_device], batch.scores[rows], batch.sizes[rows],
+                          batch.masks[on_device] if state.pixel is not None else None)
+        metrics_s += time.perf_counter() - began
+
+    began = time.perf_counter()
+    pixel_names = [c for c in names if states[c].pixel is not None]
+    if pixel_names:  # one all-reduce for every class's histograms
+        stacked = sum_across(torch.stack([states[c].pixel.state for c in pixel_names]))
+        for c, row in zip(pixel_names, stacked):
+            states[c].pixel.state = row
+    if image and here.size > 1:  # image scores are few: every rank gets all of them
+        merged = gather_all({c: states[c].image for c in names})
+        for c in names:
+            states[c].image = ImageAccumulator()
+            for part in merged:
+                states[c].image.merge(part[c])
+    legacy_values = legacy.finish() if legacy is not None else {}
+    per_class = {c: states[c].compute(config.aupro, legacy_values.get(c)) for c in names}
+    if spool is not None:
+        spool.draw([names[c] for c in np.searchsorted(starts, np.arange(len(items)), side="right") - 1], items,
+                   config.bit_depth)
+    metrics_s += time.perf_counter() - began
+    return per_class, metrics_s
 
 
 def _classes_with_masks(by_class: dict[str, list[Item]]) -> set[str]:
@@ -166,10 +248,7 @@ def evaluate(model: DHRCLIP, config: EvalConfig) -> dict:
     names = [n for n in METRIC_NAMES
              if (want_pixel and n.startswith("pixel")) or (want_image and n.startswith("image"))]
     table = format_table(per_class, mean, names)
-    print(table)
-    config.save_path.mkdir(parents=True, exist_ok=True)
-    with open(config.save_path / "log.txt", "a") as handle:
-        handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {dataset} {checkpoint}\n{table}\n")
+    here = world()
     results = {
         "dataset": dataset,
         "checkpoint": checkpoint,
@@ -178,8 +257,15 @@ def evaluate(model: DHRCLIP, config: EvalConfig) -> dict:
         "classes": per_class,
         "pixel_metric_classes": sorted(pixel_classes),  # the classes behind the pixel means
         "mean": mean,
-        "timing": {"images": len(items), "inference_s": inference_s, "metrics_s": metrics_s},
+        "timing": {"images": len(items), "inference_s": inference_s, "metrics_s": metrics_s,
+                   "processes": here.size},
     }
+    if not here.is_main:  # every rank has the numbers; rank 0 reports them
+        return results
+    print(table)
+    config.save_path.mkdir(parents=True, exist_ok=True)
+    with open(config.save_path / "log.txt", "a") as handle:
+        handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {dataset} {checkpoint}\n{table}\n")
     save_json(config.save_path / "results.json", results)
     log.info("%d images: inference %.1f s (%.1f images/s), metrics %.1f s; results in %s", len(items), inference_s,
              len(items) / inference_s, metrics_s, config.save_path / "results.json")

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .data import CanvasDataset, ImageDataset, ImageSource, worker_count
+from .distributed import world
 from .errors import UserError
 from .maps import minmax_normalize
 from .model import DHRCLIPModel
@@ -29,8 +30,10 @@ class BatchOutput:
     maps: torch.Tensor           # (B, T, T) float32, smoothed (and normalised if asked), on the device
     scores: np.ndarray           # (B,) image scores
     sizes: np.ndarray            # (B, 2) original (height, width)
-    masks: np.ndarray | None     # (B, T, T) bool, for datasets with masks
+    masks: torch.Tensor | None   # (B, T, T) bool on the device, for datasets with masks
     errors: dict[int, str] = field(default_factory=dict)  # dataset position -> why it was skipped
+    region_sizes: torch.Tensor | None = None  # (B, T, T) int32 on the device, with CanvasDataset(regions=True)
+    regions: np.ndarray | None = None         # (B,) defect regions in each mask, with region_sizes
 
 
 @dataclass
@@ -58,7 +61,7 @@ def iter_batches(model: DHRCLIPModel, dataset: CanvasDataset | ImageDataset, bat
     text = model.text_features()
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=worker_count(num_workers, len(dataset)),
                         pin_memory=device.type == "cuda")
-    for batch in tqdm(loader, desc=desc, unit="batch", disable=None):
+    for batch in tqdm(loader, desc=desc, unit="batch", disable=None if world().is_main else True):
         index, images, sizes = batch["index"].numpy(), batch["image"], batch["size"].numpy()
         errors = {int(i): e for i, e in zip(index, batch.get("error", ())) if e}
         if errors:
@@ -75,8 +78,10 @@ def iter_batches(model: DHRCLIPModel, dataset: CanvasDataset | ImageDataset, bat
         if not bool(finite.all()):
             bad = dataset.describe(int(index[int((~finite).nonzero()[0])]))
             raise UserError(f"the anomaly map of {bad} contains NaN or Inf; try precision fp32", field="precision")
+        on_device = {k: batch[k].to(device, non_blocking=True) for k in ("mask", "region_sizes") if k in batch}
         yield BatchOutput(index=index, maps=maps, scores=scores.cpu().numpy(), sizes=sizes,
-                          masks=batch["mask"].numpy() if "mask" in batch else None, errors=errors)
+                          masks=on_device.get("mask"), errors=errors, region_sizes=on_device.get("region_sizes"),
+                          regions=batch["regions"].numpy() if "regions" in batch else None)
 
 
 def to_image_size(amap: np.ndarray, height: int, width: int) -> np.ndarray:

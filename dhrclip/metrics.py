@@ -1,98 +1,182 @@
-"""Exact pixel- and image-level metrics from one pass over a class's pixels (docs/method.md §10).
+"""Exact pixel- and image-level metrics, kept as additive state (docs/method.md §10).
 
-Every distinct score is a threshold. The pixels of a class are collapsed once
-into "steps", one per distinct score in descending order, each holding the
-number of anomalous and normal pixels at that score and their PRO weight;
-AUROC, AP, F1-max and AUPRO are all read off the cumulative sums of those
-steps. float16 maps (what test.py stores) are collapsed with a 65,536-bin
-histogram of their bit patterns, with no sort at all; other dtypes with one
-argsort. Results are exact for the values given, and ties form one step.
+Every distinct score is a threshold. A class's pixels are collapsed into
+"steps", one per distinct score in descending order, each holding the number
+of anomalous and normal pixels at that score and their PRO weight; AUROC, AP,
+F1-max and AUPRO are all read off the cumulative sums of those steps.
+
+test.py's maps are float16, so the steps of a class are three 65,536-bin
+histograms indexed by the scores' bit patterns: all pixels, anomalous pixels,
+and anomalous pixels weighted by 1 / (size of their 8-connected defect
+region), plus the number of regions. ``PixelAccumulator`` keeps them on the
+maps' device and adds batches into them; accumulators merge by addition. The
+PRO weights are fixed-point integers (units of 2^-42), so every sum is exact
+and the result cannot depend on how images were split into batches or
+processes. ``pixel_metrics`` on float16 maps is one accumulator update; on
+other dtypes it sorts the scores once instead.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
+import torch
 from skimage.measure import label as label_regions
 from sklearn.metrics import auc as sklearn_auc
 
-@dataclass
-class Steps:
-    """Per distinct score, highest first: anomalous count, normal count, PRO weight."""
-
-    positives: np.ndarray
-    negatives: np.ndarray
-    pro_weight: np.ndarray | None = None
+FLOAT16_BINS = 65536
+PRO_FRACTION_BITS = 42
+_PRO_ONE = 1 << PRO_FRACTION_BITS
+MAX_REGIONS = 1 << 20  # keeps the fixed-point PRO sums below 2^63
+_NEG_ZERO_KEY, _POS_ZERO_KEY = 0x7FFF, 0x8000
 
 
-def _check_finite(maps: np.ndarray) -> None:
-    bad = ~np.isfinite(maps.reshape(len(maps), -1)).all(axis=1) if maps.ndim > 1 else ~np.isfinite(maps)
+def region_sizes(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """For one (H, W) mask: each pixel's 8-connected defect region size (0 off the mask), as
+    int32, and the number of regions. Regions are those of the MVTec AD evaluation."""
+    labels, count = label_regions(np.asarray(mask, dtype=bool), connectivity=2, return_num=True)
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)
+    sizes[0] = 0
+    return sizes[labels].astype(np.int32), int(count)
+
+
+def float16_keys(maps: torch.Tensor) -> torch.Tensor:
+    """Scores rounded to float16, as int64 keys in 0..65535 whose order is the numeric order;
+    -0.0 and +0.0 share one key."""
+    bits = maps.to(torch.float16).view(torch.int16).to(torch.int64) & 0xFFFF
+    keys = torch.where(bits >= 0x8000, 0xFFFF - bits, bits | 0x8000)
+    return keys.masked_fill_(keys == _NEG_ZERO_KEY, _POS_ZERO_KEY)
+
+
+def key_values(keys: np.ndarray) -> np.ndarray:
+    """The float16 scores of ``float16_keys``' keys (the inverse mapping)."""
+    keys = np.asarray(keys, dtype=np.uint16)
+    bits = np.where(keys & 0x8000, keys & 0x7FFF, ~keys).astype(np.uint16)
+    return bits.view(np.float16)
+
+
+def _check_finite(maps: np.ndarray | torch.Tensor) -> None:
+    if isinstance(maps, torch.Tensor):
+        bad = ~torch.isfinite(maps.reshape(len(maps), -1)).all(dim=1) if maps.ndim > 1 else ~torch.isfinite(maps)
+        bad = bad.cpu().numpy()
+    else:
+        bad = ~np.isfinite(maps.reshape(len(maps), -1)).all(axis=1) if maps.ndim > 1 else ~np.isfinite(maps)
     if bad.any():
         raise ValueError(f"score map {int(np.flatnonzero(bad)[0])} contains NaN or Inf")
 
 
-def _region_weights(masks: np.ndarray) -> tuple[np.ndarray, int]:
-    """For every anomalous pixel (in C order), 1 / (number of regions · size of its region).
+class PixelAccumulator:
+    """Additive state of one class's pixel metrics, on the device of the maps it is fed.
 
-    Regions are the 8-connected components of each image's mask, as in the
-    MVTec AD evaluation. Summing these weights over the pixels above a
-    threshold gives the mean per-region overlap (PRO) at that threshold.
+    ``state`` is one int64 tensor: the histograms of all pixels, of anomalous
+    pixels and of their fixed-point PRO weights by float16 score key, then the
+    region count. Summing the states of two accumulators (``merge``, or an
+    all-reduce across processes) gives the state of their union.
     """
-    per_image, total_regions = [], 0
-    for mask in masks:
-        if not mask.any():
-            continue
-        labels, count = label_regions(mask, connectivity=2, return_num=True)
-        sizes = np.bincount(labels.ravel(), minlength=count + 1)
-        per_image.append(1.0 / sizes[labels[mask]])
-        total_regions += count
-    if not total_regions:
-        return np.zeros(0), 0
-    return np.concatenate(per_image) / total_regions, total_regions
+
+    def __init__(self, device: torch.device | str = "cpu") -> None:
+        self.state = torch.zeros(3 * FLOAT16_BINS + 1, dtype=torch.int64, device=device)
+
+    @property
+    def total(self) -> torch.Tensor:
+        return self.state[:FLOAT16_BINS]
+
+    @property
+    def positives(self) -> torch.Tensor:
+        return self.state[FLOAT16_BINS:2 * FLOAT16_BINS]
+
+    @property
+    def pro(self) -> torch.Tensor:
+        return self.state[2 * FLOAT16_BINS:3 * FLOAT16_BINS]
+
+    @property
+    def regions(self) -> int:
+        return int(self.state[-1])
+
+    def update(self, maps: torch.Tensor, masks: torch.Tensor, sizes: torch.Tensor | None = None,
+               regions: int | None = None) -> PixelAccumulator:
+        """Add a batch: maps (B, H, W) of any float dtype (scored as float16), bool masks of the
+        same shape, and the masks' ``region_sizes`` with their region count (computed here
+        from the masks when not given). Images may differ in size between calls."""
+        maps = torch.as_tensor(maps, device=self.state.device)
+        masks = torch.as_tensor(masks, device=self.state.device).to(torch.bool)
+        if masks.shape != maps.shape:
+            raise ValueError(f"masks {tuple(masks.shape)} and maps {tuple(maps.shape)} differ in shape")
+        _check_finite(maps)
+        if sizes is None:
+            found = [region_sizes(m) for m in masks.cpu().numpy().reshape(-1, *masks.shape[-2:])]
+            sizes = torch.from_numpy(np.stack([s for s, _ in found]).reshape(masks.shape)) if found else None
+            regions = sum(c for _, c in found)
+        keys = float16_keys(maps).flatten()
+        flat_masks = masks.flatten()
+        self.total.add_(torch.bincount(keys, minlength=FLOAT16_BINS))
+        anomalous = keys[flat_masks]
+        self.positives.add_(torch.bincount(anomalous, minlength=FLOAT16_BINS))
+        if regions:
+            size = torch.as_tensor(sizes, device=self.state.device).flatten()[flat_masks].to(torch.int64)
+            if bool((size <= 0).any()):
+                raise ValueError("region sizes must be positive on every anomalous pixel")
+            self.pro.index_add_(0, anomalous, (_PRO_ONE + size // 2) // size)
+            self.state[-1] += int(regions)
+            if self.regions > MAX_REGIONS:
+                raise ValueError(f"more than {MAX_REGIONS:,} defect regions in one class: AUPRO's exact sums "
+                                 f"would overflow; split the class")
+        return self
+
+    def merge(self, other: PixelAccumulator) -> PixelAccumulator:
+        self.state += other.state.to(self.state.device)
+        return self
+
+    def value_range(self) -> tuple[float, float] | None:
+        """The lowest and highest float16 score seen, or None before any pixel."""
+        used = torch.nonzero(self.total).flatten()
+        if not len(used):
+            return None
+        low, high = key_values(np.array([int(used[0]), int(used[-1])]))
+        return float(low), float(high)
+
+    def compute(self, fpr_limit: float = 0.3) -> dict[str, float | None]:
+        """Pixel AUROC, AUPRO (to ``fpr_limit``), F1-max and AP; None where undefined."""
+        state = self.state.cpu().numpy()
+        total, pos, pro = (state[k * FLOAT16_BINS:(k + 1) * FLOAT16_BINS] for k in range(3))
+        used = np.flatnonzero(total)[::-1]
+        if not len(used):
+            return dict.fromkeys(("auroc", "aupro", "f1max", "ap"))
+        regions = self.regions
+        pro_curve = np.cumsum(pro[used]) / (float(_PRO_ONE) * regions) if regions else None
+        return _pixel_curves(pos[used], total[used] - pos[used], pro_curve, fpr_limit)
 
 
-def _float16_keys(values: np.ndarray) -> np.ndarray:
-    """Map float16 bit patterns to uint16 keys whose order is the numeric order."""
-    bits = values.view(np.uint16)
-    return np.where(bits & 0x8000, ~bits, bits | 0x8000).astype(np.uint16)
+class ImageAccumulator:
+    """Image scores and labels of one class; merging concatenates them."""
+
+    def __init__(self) -> None:
+        self.scores: list[np.ndarray] = []
+        self.labels: list[np.ndarray] = []
+
+    def update(self, scores: np.ndarray, labels: np.ndarray) -> ImageAccumulator:
+        self.scores.append(np.asarray(scores, dtype=np.float64).ravel())
+        self.labels.append(np.asarray(labels).astype(bool).ravel())
+        return self
+
+    def merge(self, other: ImageAccumulator) -> ImageAccumulator:
+        self.scores += other.scores
+        self.labels += other.labels
+        return self
+
+    def compute(self) -> dict[str, float | None]:
+        if not self.scores:
+            return dict.fromkeys(("auroc", "ap", "f1max"))
+        return image_metrics(np.concatenate(self.labels), np.concatenate(self.scores))
 
 
-def _steps_float16(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray | None) -> Steps:
-    keys = _float16_keys(scores)
-    total = np.bincount(keys.ravel(), minlength=65536)
-    pos_keys = keys[positive]
-    pos = np.bincount(pos_keys, minlength=65536)
-    w = np.bincount(pos_keys, weights=weights, minlength=65536) if weights is not None else None
-    # -0.0 and +0.0 are one score: fold the key of -0.0 (0x7FFF) into that of +0.0 (0x8000).
-    for arr in (total, pos, w):
-        if arr is not None:
-            arr[0x8000] += arr[0x7FFF]
-            arr[0x7FFF] = 0
-    used = np.flatnonzero(total)[::-1]
-    return Steps(pos[used], total[used] - pos[used], w[used] if w is not None else None)
-
-
-def _steps_sorted(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray | None) -> Steps:
+def _steps_sorted(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One argsort: (order, start of each distinct score's run, anomalous and normal counts per run)."""
     flat = scores.ravel()
-    order = np.argsort(flat)[::-1]
+    order = np.argsort(flat, kind="stable")[::-1]
     ordered = flat[order]
     starts = np.concatenate([[0], np.flatnonzero(ordered[1:] != ordered[:-1]) + 1])
-    is_pos = positive.ravel()[order]
-    pos = np.add.reduceat(is_pos.astype(np.int64), starts)
+    pos = np.add.reduceat(positive.ravel()[order].astype(np.int64), starts)
     count = np.diff(np.append(starts, flat.size))
-    w = None
-    if weights is not None:
-        pixel_w = np.zeros(flat.size)
-        pixel_w[np.flatnonzero(positive.ravel())] = weights
-        w = np.add.reduceat(pixel_w[order], starts)
-    return Steps(pos, count - pos, w)
-
-
-def score_steps(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray | None = None) -> Steps:
-    """Collapse scores into steps; ``weights`` go with the positive pixels in C order."""
-    if scores.dtype == np.float16:
-        return _steps_float16(scores, positive, weights)
-    return _steps_sorted(scores, positive, weights)
+    return order, starts, pos, count - pos
 
 
 def _auroc(tp: np.ndarray, fp: np.ndarray) -> float:
@@ -124,10 +208,22 @@ def area_to_limit(x: np.ndarray, y: np.ndarray, limit: float) -> float:
     return float(np.sum(np.diff(xs) * (ys[1:] + ys[:-1]) / 2))
 
 
-def _aupro(steps: Steps, fp: np.ndarray, limit: float) -> float:
-    fpr = np.concatenate([[0.0], fp / fp[-1]])
-    pro = np.concatenate([[0.0], np.cumsum(steps.pro_weight)])
-    return area_to_limit(fpr, pro, limit) / limit
+def _pixel_curves(positives: np.ndarray, negatives: np.ndarray, pro_curve: np.ndarray | None,
+                  fpr_limit: float) -> dict[str, float | None]:
+    """The four pixel metrics from per-step counts (highest score first) and the PRO reached
+    at each step (None without defect regions)."""
+    tp, fp = np.cumsum(positives), np.cumsum(negatives)
+    has_pos, has_neg = tp[-1] > 0, fp[-1] > 0
+    aupro = None
+    if pro_curve is not None and has_neg:
+        fpr = np.concatenate([[0.0], fp / fp[-1]])
+        aupro = area_to_limit(fpr, np.concatenate([[0.0], pro_curve]), fpr_limit) / fpr_limit
+    return {
+        "auroc": _auroc(tp, fp) if has_pos and has_neg else None,
+        "aupro": aupro,
+        "f1max": _f1max(tp, fp) if has_pos else None,
+        "ap": _ap(tp, fp) if has_pos else None,
+    }
 
 
 def _as_arrays(masks: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -149,16 +245,17 @@ def pixel_metrics(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3) -
     is None when the class has none.
     """
     masks, maps = _as_arrays(masks, maps)
-    weights, regions = _region_weights(masks)
-    steps = score_steps(maps, masks, weights if regions else None)
-    tp, fp = np.cumsum(steps.positives), np.cumsum(steps.negatives)
-    has_pos, has_neg = tp[-1] > 0, fp[-1] > 0
-    return {
-        "auroc": _auroc(tp, fp) if has_pos and has_neg else None,
-        "aupro": _aupro(steps, fp, fpr_limit) if regions and has_neg else None,
-        "f1max": _f1max(tp, fp) if has_pos else None,
-        "ap": _ap(tp, fp) if has_pos else None,
-    }
+    if maps.dtype == np.float16:
+        return PixelAccumulator().update(torch.from_numpy(maps), torch.from_numpy(masks)).compute(fpr_limit)
+    order, starts, pos, neg = _steps_sorted(maps, masks)
+    found = [region_sizes(m) for m in masks]
+    regions = sum(c for _, c in found)
+    pro_curve = None
+    if regions:
+        sizes = np.stack([s for s, _ in found]).ravel()
+        weights = np.divide(1.0, sizes, out=np.zeros(sizes.shape), where=sizes > 0) / regions
+        pro_curve = np.cumsum(np.add.reduceat(weights[order], starts))
+    return _pixel_curves(pos, neg, pro_curve, fpr_limit)
 
 
 def image_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float | None]:
@@ -166,8 +263,8 @@ def image_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float | N
     labels = np.asarray(labels).astype(bool)
     scores = np.asarray(scores, dtype=np.float64)
     _check_finite(scores)
-    steps = score_steps(scores, labels)
-    tp, fp = np.cumsum(steps.positives), np.cumsum(steps.negatives)
+    _, _, pos, neg = _steps_sorted(scores, labels)
+    tp, fp = np.cumsum(pos), np.cumsum(neg)
     has_pos, has_neg = tp[-1] > 0, fp[-1] > 0
     return {
         "auroc": _auroc(tp, fp) if has_pos and has_neg else None,

@@ -114,20 +114,18 @@ def prediction_figure(image: np.ndarray, amap: np.ndarray, scale: ColorScale, na
     return figure(f"{name}   score {score:.3f}   {decision or 'no threshold set'}", row, scale)
 
 
-def save_test_figures(folder: Path, items: list[Item], maps: np.ndarray, masks: np.ndarray | None,
-                      scores: np.ndarray, sizes: np.ndarray, bit_depth: int | None = None) -> None:
-    """test.py's figures (EvalConfig.vis): per image, input | heatmap | ground truth (green), at the image's aspect
-    ratio, on one colour scale for the class."""
-    scale = ColorScale.around(float(maps.min()), float(maps.max()))
-    for i, item in enumerate(items):
-        h, w = display_size(*(int(v) for v in sizes[i]))
-        image = np.asarray(load_rgb(item.image, bit_depth).resize((w, h)), dtype=np.uint8)
-        amap = cv2.resize(maps[i].astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
-        row = [("input", image), ("anomaly map", heatmap_overlay(image, scale(amap)))]
-        if masks is not None:
-            gt = cv2.resize(masks[i].astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
-            row.append(("ground truth", outline(image, gt)))
-        label = "anomalous" if item.anomaly else "normal"
-        name = f"{item.specie_name}_{item.image.stem}.png" if item.specie_name else f"{item.image.stem}.png"
-        shown = f"{item.specie_name}/{item.image.name}" if item.specie_name else item.image.name
-        save_rgb(Path(folder) / name, figure(f"{shown}   score {scores[i]:.3f}   label {label}", row, scale))
+def save_test_figure(folder: Path, item: Item, amap: np.ndarray, mask: np.ndarray | None, score: float,
+                     size: tuple[int, int], scale: ColorScale, bit_depth: int | None = None) -> None:
+    """test.py's figure of one image (EvalConfig.vis): input | heatmap | ground truth (green), at the
+    image's aspect ratio; ``scale`` is its class's, so a class's figures compare at a glance."""
+    h, w = display_size(*size)
+    image = np.asarray(load_rgb(item.image, bit_depth).resize((w, h)), dtype=np.uint8)
+    amap = cv2.resize(amap.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+    row = [("input", image), ("anomaly map", heatmap_overlay(image, scale(amap)))]
+    if mask is not None:
+        gt = cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
+        row.append(("ground truth", outline(image, gt)))
+    label = "anomalous" if item.anomaly else "normal"
+    name = f"{item.specie_name}_{item.image.stem}.png" if item.specie_name else f"{item.image.stem}.png"
+    shown = f"{item.specie_name}/{item.image.name}" if item.specie_name else item.image.name
+    save_rgb(Path(folder) / name, figure(f"{shown}   score {score:.3f}   label {label}", row, scale))

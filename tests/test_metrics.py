@@ -147,3 +147,123 @@ def test_legacy_aupro_reproduces_the_reference_loop():
     masks, maps = random_case(8, n=4, h=20, w=20)
     reference = _reference_metric_step()(masks.astype(np.uint8), maps)[3]
     assert legacy_aupro(masks, maps) == pytest.approx(reference, abs=1e-12)
+
+
+def brute_pixel_metrics(masks_list, maps_list):
+    """Every metric by brute force over images of any sizes, scored as float16 like test.py."""
+    y = np.concatenate([m.ravel() for m in masks_list])
+    s = np.concatenate([m.astype(np.float16).astype(np.float64).ravel() for m in maps_list])
+    has_pos, has_neg = y.any(), (~y).any()
+    regions = [(i, r) for i, m in enumerate(masks_list) for r in flood_regions(m)]
+    aupro = None
+    if regions and has_neg:
+        fpr, pro = [0.0], [0.0]
+        for t in sorted(set(s.tolist()), reverse=True):
+            fpr.append(sum(((mp.astype(np.float16) >= t) & ~mk).sum() for mp, mk in zip(maps_list, masks_list))
+                       / (~y).sum())
+            pro.append(np.mean([np.mean([maps_list[i].astype(np.float16)[yy, xx] >= t for yy, xx in r])
+                                for i, r in regions]))
+        aupro = brute_area(fpr, pro, 0.3)
+    return {
+        "auroc": roc_auc_score(y, s) if has_pos and has_neg else None,
+        "aupro": aupro,
+        "f1max": brute_f1max(y, s) if has_pos else None,
+        "ap": average_precision_score(y, s) if has_pos else None,
+    }
+
+
+def brute_area(fpr, pro, limit):
+    area = 0.0
+    for k in range(1, len(fpr)):
+        x0, x1, y0, y1 = fpr[k - 1], fpr[k], pro[k - 1], pro[k]
+        if x0 >= limit:
+            break
+        if x1 > limit:
+            y1 = y0 + (y1 - y0) * (limit - x0) / (x1 - x0)
+            x1 = limit
+        area += (x1 - x0) * (y0 + y1) / 2
+    return area / limit
+
+
+def mixed_size_class(seed, anomalies=True):
+    """Images of three sizes, ties, a single-pixel region, a constant map; optionally no defects at all."""
+    rng = np.random.default_rng(seed)
+    masks, maps = [], []
+    for k, (h, w) in enumerate([(9, 11), (9, 11), (13, 7), (6, 6), (13, 7)]):
+        mask = np.zeros((h, w), bool)
+        if anomalies and k != 3:
+            for _ in range(rng.integers(1, 3)):
+                y, x = rng.integers(0, h - 2), rng.integers(0, w - 2)
+                mask[y:y + rng.integers(1, 3), x:x + rng.integers(1, 4)] = True
+        if anomalies and k == 0:
+            mask[-1, -1] = True  # single-pixel region in a corner
+        amap = np.round((rng.random((h, w)) + 0.5 * mask) * 6) / 6  # coarse levels: many ties
+        if k == 3:
+            amap = np.full((h, w), 0.5)  # a constant map
+        masks.append(mask)
+        maps.append(amap.astype(np.float32))
+    return masks, maps
+
+
+def _accumulate(masks_list, maps_list, groups):
+    """One accumulator per group of images, fed image by image, then merged."""
+    import torch
+
+    from dhrclip.metrics import PixelAccumulator
+
+    parts = []
+    for group in groups:
+        acc = PixelAccumulator()
+        for i in group:
+            acc.update(torch.from_numpy(maps_list[i][None]), torch.from_numpy(masks_list[i][None]))
+        parts.append(acc)
+    total = parts[0]
+    for part in parts[1:]:
+        total.merge(part)
+    return total.compute()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("anomalies", [True, False])
+def test_accumulator_matches_brute_force_on_images_of_different_sizes(seed, anomalies):
+    masks, maps = mixed_size_class(seed, anomalies)
+    got = _accumulate(masks, maps, [range(len(masks))])
+    want = brute_pixel_metrics(masks, maps)
+    for name, value in want.items():
+        if value is None:
+            assert got[name] is None, name
+        else:
+            assert got[name] == pytest.approx(value, abs=1e-9), name
+
+
+def test_accumulator_is_invariant_to_batch_and_shard_boundaries():
+    import torch
+
+    from dhrclip.metrics import PixelAccumulator, region_sizes
+
+    masks, maps = random_case(9, n=6, levels=5)
+    whole = PixelAccumulator().update(torch.from_numpy(maps), torch.from_numpy(masks)).compute()
+    for groups in ([[0, 1, 2], [3, 4, 5]], [[5], [0, 3], [1, 2, 4]], [[i] for i in range(6)]):
+        assert _accumulate(list(masks), list(maps), groups) == whole  # exactly equal, not approximately
+    # region sizes given by the caller (as the data loader does) are the same state
+    found = [region_sizes(m) for m in masks]
+    given = PixelAccumulator().update(torch.from_numpy(maps), torch.from_numpy(masks),
+                                      torch.from_numpy(np.stack([s for s, _ in found])), sum(c for _, c in found))
+    assert given.compute() == whole
+
+
+def test_region_sizes_and_float16_keys_round_trip():
+    import torch
+
+    from dhrclip.metrics import float16_keys, key_values, region_sizes
+
+    mask = np.zeros((5, 6), bool)
+    mask[0, 0] = True                 # size 1
+    mask[2:4, 2:4] = True             # size 4, touching diagonally ...
+    mask[4, 4] = True                 # ... this pixel: one 8-connected region of 5
+    sizes, count = region_sizes(mask)
+    assert count == 2 and sizes[0, 0] == 1 and sizes[4, 4] == 5 and sizes[2, 2] == 5 and sizes[1, 1] == 0
+    values = np.array([-3.5, -0.0, 0.0, 1e-7, 0.25, 60000.0], np.float16)
+    keys = float16_keys(torch.from_numpy(values)).numpy()
+    assert (np.diff(keys) >= 0).all() and keys[1] == keys[2]
+    assert np.array_equal(key_values(keys)[[0, 3, 4, 5]], values[[0, 3, 4, 5]])

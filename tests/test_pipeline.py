@@ -24,7 +24,7 @@ def run_items(model, items, batch_size=4):
     dataset = CanvasDataset(items, model.config.target_image_size, with_masks=True)
     for batch in iter_batches(model.model, dataset, batch_size, map_norm="per-image"):
         maps.append(batch.maps.half().numpy())
-        masks.append(batch.masks)
+        masks.append(batch.masks.numpy())
         scores.append(batch.scores)
     return np.concatenate(maps), np.concatenate(masks), np.concatenate(scores)
 
