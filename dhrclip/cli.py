@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import shlex
 import sys
@@ -140,7 +141,8 @@ def evaluation_parser() -> argparse.ArgumentParser:
     p.add_argument("--map_norm", choices=MAP_NORMS, default="per-image",
                    help="min-max normalise each map (the reference's convention) or keep raw scores")
     p.add_argument("--aupro", choices=AUPRO_MODES, default="exact",
-                   help="exact MVTec AUPRO, or the reference's 200-threshold value for comparing with its tables")
+                   help="exact MVTec AUPRO, or the reference's 200-threshold value for comparing with its tables "
+                        "(legacy keeps each class's maps in host memory; exact keeps only histograms)")
     p.add_argument("--vis", action="store_true", help="write per-image figures with the ground truth")
     add_model_arguments(p, from_checkpoint=True)
     return p
@@ -197,6 +199,13 @@ def _print_config(resolved: ResolvedConfig) -> None:
     print(resolved.describe())
 
 
+def _join_processes(device: str) -> str:
+    """Under torchrun, join the other processes and return this one's device."""
+    from .distributed import start
+
+    return start(device)
+
+
 def _train(args: argparse.Namespace) -> None:
     from .checkpoint import latest_checkpoint, read_checkpoint
     from .training import train
@@ -206,7 +215,7 @@ def _train(args: argparse.Namespace) -> None:
         epochs=args.epoch, learning_rate=args.learning_rate, batch_size=args.batch_size,
         print_freq=args.print_freq, save_freq=args.save_freq, image_loss_weight=args.image_loss_weight,
         feature_cache=args.feature_cache, resume=args.resume, seed=args.seed, num_workers=args.num_workers,
-        bit_depth=args.bit_depth, device=args.device, precision=args.precision)
+        bit_depth=args.bit_depth, device=_join_processes(args.device), precision=args.precision)
     last = latest_checkpoint(args.resume) if args.resume is not None else None
     saved = read_checkpoint(last).config if last is not None else None
     resolved = resolve_model_config(model_overrides(args), saved=saved, resume=saved is not None)
@@ -223,8 +232,8 @@ def _load_detector(args: argparse.Namespace):
     if args.print_config:
         _print_config(DHRCLIP.resolve_config(args.checkpoint_path, args.pretrained, **overrides))
         return None
-    return DHRCLIP.from_checkpoint(args.checkpoint_path, pretrained=args.pretrained, device=args.device,
-                                   precision=args.precision, **overrides)
+    return DHRCLIP.from_checkpoint(args.checkpoint_path, pretrained=args.pretrained,
+                                   device=_join_processes(args.device), precision=args.precision, **overrides)
 
 
 def _test(args: argparse.Namespace) -> None:
@@ -275,8 +284,10 @@ def run(main: Callable[[argparse.Namespace], object], parser: argparse.ArgumentP
     """Parse flags and run ``main``; user mistakes end as one line on stderr with status 2."""
     args = parser.parse_args(argv)
     debug = getattr(args, "debug", False)
-    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    rank, processes = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    level = logging.DEBUG if debug else logging.INFO if rank == 0 else logging.WARNING  # torchrun: rank 0 reports
+    logging.basicConfig(level=level, datefmt="%H:%M:%S",
+                        format=f"%(asctime)s {f'[rank {rank}] ' if processes > 1 else ''}%(levelname)s %(message)s")
     try:
         main(args)
     except UserError as exc:
@@ -291,6 +302,10 @@ def run(main: Callable[[argparse.Namespace], object], parser: argparse.ArgumentP
             raise
         _fail(f"CUDA ran out of memory at --batch_size {getattr(args, 'batch_size', '?')}; "
               f"try a smaller --batch_size")
+    finally:
+        if "torch.distributed" in sys.modules:
+            from .distributed import stop
+            stop()
 
 
 def _fail(message: str) -> None:

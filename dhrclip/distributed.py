@@ -31,10 +31,13 @@ class World:
         """Rank 0 prints tables and writes the files the job shares."""
         return self.rank == 0
 
-    def shard(self, count: int) -> range:
-        """This rank's contiguous share of ``count`` items: every item once, none padded, sizes
-        differing by at most one."""
-        return range(count * self.rank // self.size, count * (self.rank + 1) // self.size)
+    def shard(self, count: int, unit: int = 1) -> range:
+        """This rank's contiguous share of ``count`` items, in whole runs of ``unit`` items: every
+        item once, none padded, shares differing by at most one unit. With ``unit`` the batch
+        size, each rank runs exactly the batches one process would run."""
+        units = -(-count // unit)
+        return range(min(count, units * self.rank // self.size * unit),
+                     min(count, units * (self.rank + 1) // self.size * unit))
 
 
 def world() -> World:

@@ -154,7 +154,7 @@ def metrics_by_class(model: DHRCLIP, by_class: dict[str, list[Item]], config: Ev
     names = list(by_class)
     starts = np.cumsum([0] + [len(by_class[c]) for c in names])
     items = [item for c in names for item in by_class[c]]
-    mine = here.shard(len(items))
+    mine = here.shard(len(items), config.batch_size)
     device = model.device
     states = {c: ClassState(PixelAccumulator(device) if c in pixel_classes else None) for c in names}
     legacy = LegacyMaps({c: len(by_class[c]) for c in pixel_classes}) if config.aupro == "legacy" else None

@@ -100,10 +100,11 @@ class DHRCLIPModel(nn.Module):
             tile_grid=t_out.grid,
         )
 
-    def text_features(self) -> torch.Tensor:
-        """(2, E) normalised fp32 features of the normal and anomalous prompts."""
+    def text_features(self, learned: tuple[torch.Tensor, list[torch.Tensor]] | None = None) -> torch.Tensor:
+        """(2, E) normalised fp32 features of the normal and anomalous prompts; ``learned`` is the
+        prompt learner's output when training calls it through a wrapper."""
         with torch.autocast(self.clip.text_projection.device.type, enabled=False):
-            return self.text()
+            return self.text(learned)
 
     def layer_maps(self, feats: ViewFeatures, text: torch.Tensor) -> list[torch.Tensor]:
         """Combined (B, 2, T, T) probability map M for every tapped layer (docs/method.md §5 steps 1-4)."""

@@ -20,6 +20,11 @@ what it did; predictions.json and the figures follow at the end. A save_path
 holding a previous run's outputs (predictions, maps, figures; a threshold.json
 only when calibrating would replace it) is refused unless ``overwrite`` is
 set, which removes them first; the output folder is never read as input.
+
+Under torchrun each process takes a contiguous share of the inputs (and of
+the calibration images), writes its rows to predictions.rankN.csv as it goes
+and its own maps and figures; rank 0 then writes predictions.csv and
+predictions.json with every input once, in input order.
 """
 from __future__ import annotations
 
@@ -37,6 +42,7 @@ import numpy as np
 from .config import ModelConfig, PredictConfig
 from .data import load_rgb
 from .detector import DHRCLIP
+from .distributed import barrier, extreme_across, gather_all, world
 from .errors import UserError
 from .files import atomic_write, fingerprint, read_json, save_json
 from .indexing import IMAGE_SUFFIXES
@@ -49,6 +55,7 @@ log = logging.getLogger(__name__)
 CSV_FIELDS = ("path", "image_score", "map_max", "decision", "error")
 OUTPUTS = ("predictions.csv", "predictions.json", "maps", "figures")  # what a run writes, besides threshold.json
 FEW_CALIBRATION_IMAGES = 10
+RANK_ROWS = "predictions.rank{}.csv"  # one process's rows under torchrun, merged at the end
 
 
 def collect_images(spec: str, exclude: Path | None = None) -> tuple[list[Path], Path]:
@@ -80,14 +87,17 @@ def calibrate(model: DHRCLIP, spec: str, quantile: float, batch_size: int, num_w
     """Thresholds from known-good images (see the module docstring for the rule), with the
     settings and checkpoint they hold for."""
     files, _ = collect_images(spec, exclude)
+    mine = world().shard(len(files), batch_size)
     scores, maxima = [], []
-    for i, result in iter_predictions(model.model, files, batch_size, num_workers, "calibrating", bit_depth,
-                                      skip_errors):
+    for i, result in iter_predictions(model.model, files[mine.start:mine.stop], batch_size, num_workers,
+                                      "calibrating", bit_depth, skip_errors):
         if isinstance(result, str):
-            log.warning("calibration skips %s: %s", files[i], result)
+            log.warning("calibration skips %s: %s", files[mine.start + i], result)
             continue
         scores.append(result.score)
         maxima.append(result.map_max)
+    shares = gather_all((scores, maxima))
+    scores, maxima = [v for s, _ in shares for v in s], [v for _, m in shares for v in m]
     if not scores:
         raise UserError(f"calibrate_on {spec}: none of its images could be read", field="calibrate_on")
     if len(scores) < FEW_CALIBRATION_IMAGES:
@@ -142,7 +152,8 @@ def resolve_thresholds(model: DHRCLIP, config: PredictConfig) -> tuple[float | N
     if config.calibrate_on is not None:
         found = calibrate(model, config.calibrate_on, config.calibrate_quantile, config.batch_size,
                           config.num_workers, config.bit_depth, config.on_error == "skip", config.save_path)
-        save_json(config.save_path / "threshold.json", found)
+        if world().is_main:
+            save_json(config.save_path / "threshold.json", found)
         log.info("calibrated on %d good images: image threshold %.4f, pixel threshold %.4f (saved to %s)",
                  found["calibration_images"], found["image_threshold"], found["pixel_threshold"],
                  config.save_path / "threshold.json")
@@ -161,6 +172,7 @@ def check_save_path(config: PredictConfig) -> list[str]:
     out = config.save_path
     names = [*OUTPUTS, "threshold.json"] if config.calibrate_on is not None else OUTPUTS
     previous = [name for name in names if (out / name).exists()]
+    previous += sorted(p.name for p in out.glob(RANK_ROWS.format("*")))
     if previous and not config.overwrite:
         raise UserError(f"{out} holds a previous run's outputs ({', '.join(previous)}); choose another save_path "
                         f"or set overwrite to replace them", field="overwrite")
@@ -174,54 +186,69 @@ def check_save_path(config: PredictConfig) -> list[str]:
 def predict(model: DHRCLIP, config: PredictConfig) -> list[dict]:
     """Write a float16 map per image, predictions.csv/.json for all of them, then a figure per image.
 
-    Returns the rows, sorted by path; a row whose ``error`` is set was skipped.
+    Returns the rows in input order (every process gets all of them); a row whose ``error`` is
+    set was skipped.
     """
     started = time.perf_counter()
+    here = world()
     seed_everything(config.seed)
     out = config.save_path
     files, base = collect_images(config.input, exclude=out)
     previous = check_save_path(config)
+    barrier()  # every rank has looked before rank 0 clears anything
     image_t, pixel_t = resolve_thresholds(model, config)  # before clearing: the threshold file may be in `out`
-    for name in previous:
-        if name == "threshold.json":
-            continue  # the calibration just replaced it
-        if (out / name).is_dir():
-            shutil.rmtree(out / name)
-        else:
-            (out / name).unlink()
-    out.mkdir(parents=True, exist_ok=True)
+    if here.is_main:
+        _remove(out, [name for name in previous if name != "threshold.json"])  # a calibration just replaced it
+        out.mkdir(parents=True, exist_ok=True)
+    barrier()
 
-    rows: list[dict] = []
+    mine = here.shard(len(files), config.batch_size)
+    rows: list[tuple[int, dict]] = []
     low, high = np.inf, -np.inf
-    with open(out / "predictions.csv", "w", newline="") as handle:
+    with open(out / (RANK_ROWS.format(here.rank) if here.size > 1 else "predictions.csv"), "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
         writer.writeheader()
-        for i, result in iter_predictions(model.model, files, config.batch_size, config.num_workers,
-                                          bit_depth=config.bit_depth, skip_errors=config.on_error == "skip"):
+        for k, result in iter_predictions(model.model, files[mine.start:mine.stop], config.batch_size,
+                                          config.num_workers, bit_depth=config.bit_depth,
+                                          skip_errors=config.on_error == "skip"):
+            source = files[mine.start + k]
             if isinstance(result, str):
-                log.warning("skipped %s: %s", files[i], result)
-                row = {"path": str(files[i]), "image_score": None, "map_max": None, "decision": "", "error": result}
+                log.warning("skipped %s: %s", source, result)
+                row = {"path": str(source), "image_score": None, "map_max": None, "decision": "", "error": result}
             else:
                 amap = result.anomaly_map
-                np.save(_ensure_parent(out / "maps" / _map_name(files[i], base)), amap.astype(np.float16))
+                np.save(_ensure_parent(out / "maps" / _map_name(source, base)), amap.astype(np.float16))
                 low, high = min(low, float(amap.min())), max(high, result.map_max)
-                row = {"path": str(files[i]), "image_score": result.score, "map_max": result.map_max,
+                row = {"path": str(source), "image_score": result.score, "map_max": result.map_max,
                        "decision": decide(result.score, result.map_max, image_t, pixel_t), "error": ""}
             writer.writerow(row)
             handle.flush()
-            rows.append(row)
-    rows.sort(key=lambda r: r["path"])
-    _write_table(out, rows, image_t, pixel_t, model, config)
-    _write_figures(out, rows, base, ColorScale.around(low, high, pixel_t) if np.isfinite(low) else None,
-                   pixel_t, config)
-    done = [r for r in rows if not r["error"]]
+            rows.append((mine.start + k, row))
+    low, high = extreme_across(low, largest=False), extreme_across(high, largest=True)
+    every = [row for _, row in sorted(r for share in gather_all(rows) for r in share)]
+    if here.is_main:
+        _write_table(out, every, image_t, pixel_t, model, config)
+        _remove(out, [RANK_ROWS.format(rank) for rank in range(here.size)] if here.size > 1 else [])
+    _write_figures(out, [row for _, row in rows], base,
+                   ColorScale.around(low, high, pixel_t) if np.isfinite(low) else None, pixel_t, config)
+    barrier()
+    done = [r for r in every if not r["error"]]
     anomalous = sum(r["decision"] == "anomalous" for r in done)
     known = image_t is not None or pixel_t is not None
     summary = f"{len(done)} images, " + (f"{anomalous} anomalous, " if known else
                                          "no threshold (give threshold or calibrate_on), ")
-    skipped = f"{len(rows) - len(done)} skipped (see the error column), " if len(done) < len(rows) else ""
-    print(f"{summary}{skipped}{time.perf_counter() - started:.1f} s; results in {out}/predictions.csv")
-    return rows
+    skipped = f"{len(every) - len(done)} skipped (see the error column), " if len(done) < len(every) else ""
+    if here.is_main:
+        print(f"{summary}{skipped}{time.perf_counter() - started:.1f} s; results in {out}/predictions.csv")
+    return every
+
+
+def _remove(out: Path, names: list[str]) -> None:
+    for name in names:
+        if (out / name).is_dir():
+            shutil.rmtree(out / name)
+        elif (out / name).exists():
+            (out / name).unlink()
 
 
 def _map_name(source: Path, base: Path) -> Path:
@@ -261,7 +288,7 @@ def _ensure_parent(path: Path) -> Path:
 
 def _write_table(out: Path, rows: list[dict], image_t: float | None, pixel_t: float | None, model: DHRCLIP,
                  config: PredictConfig) -> None:
-    """The final predictions.csv (sorted by path) and predictions.json, each written atomically."""
+    """The final predictions.csv (in input order) and predictions.json, each written atomically."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS)
     writer.writeheader()

@@ -39,6 +39,11 @@ class PromptLearner(nn.Module):
         """(2, n_ctx, width): normal then anomalous."""
         return torch.cat([self.ctx_pos[0], self.ctx_neg[0]], dim=0)
 
+    def forward(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The learned context and deep prompts, as ``TextEncoder`` takes them. Training calls
+        this through DistributedDataParallel when several processes share the work."""
+        return self.context(), list(self.compound_prompts_text)
+
 
 class TextEncoder(nn.Module):
     """Frozen CLIP text transformer driven by a ``PromptLearner``."""
@@ -60,17 +65,19 @@ class TextEncoder(nn.Module):
         tokens = open_clip.tokenize(texts, context_length=context_length)
         self.register_buffer("tokens", tokens, persistent=False)
 
-    def forward(self) -> torch.Tensor:
-        """(2, E) L2-normalised text features: row 0 normal, row 1 anomalous."""
+    def forward(self, learned: tuple[torch.Tensor, list[torch.Tensor]] | None = None) -> torch.Tensor:
+        """(2, E) L2-normalised text features: row 0 normal, row 1 anomalous. ``learned`` is the
+        prompt learner's output (computed here when not given)."""
         clip, p = self.clip, self.prompts
+        context, deep_prompts = learned if learned is not None else p()
         x = clip.token_embedding(self.tokens)
-        ctx = p.context().to(x.dtype)
+        ctx = context.to(x.dtype)
         x = torch.cat([x[:, :1], ctx, x[:, 1 + p.n_ctx:]], dim=1)
         x = x + clip.positional_embedding.to(x.dtype)
         mask = clip.attn_mask
         for index, block in enumerate(clip.transformer.resblocks):
             if 1 <= index < p.depth:
-                deep = p.compound_prompts_text[index - 1].to(x.dtype).expand(x.shape[0], -1, -1)
+                deep = deep_prompts[index - 1].to(x.dtype).expand(x.shape[0], -1, -1)
                 x = torch.cat([x[:, :1], deep, x[:, 1 + p.t_n_ctx:]], dim=1)
             x = block_forward(block, x, mask)
         x = clip.ln_final(x)

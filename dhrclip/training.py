@@ -1,6 +1,17 @@
-"""Prompt training (docs/method.md §7): the whole loop, readable in one sitting."""
+"""Prompt training (docs/method.md §7): the whole loop, readable in one sitting.
+
+Under torchrun each process owns a contiguous shard of the images: it encodes
+them (the expensive first epoch) and caches their features. Every step draws
+the same global batch of ``batch_size`` images as one process would; each
+process computes the loss of the images of that batch it owns, scaled by their
+share of the batch, and DistributedDataParallel sums the gradients, so each
+step's update is the single process's. A process may own none of a batch's
+images (the batch size need not divide by the number of processes); it then
+adds a zero loss so that the gradient exchange still happens.
+"""
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -8,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -15,6 +27,7 @@ from .checkpoint import Checkpoint, latest_checkpoint, load_prompts, read_checkp
 from .config import ModelConfig, TrainConfig, check_resumable
 from .data import CanvasDataset, has_masks, read_meta, worker_count
 from .detector import DHRCLIP, check_backbone
+from .distributed import barrier, sum_across, world
 from .errors import UserError
 from .feature_cache import FeatureCache
 from .losses import image_loss, segmentation_loss
@@ -38,9 +51,12 @@ def train(config: TrainConfig, model: ModelConfig | DHRCLIP | None = None) -> li
     the last one written). Without one: the checkpoint's settings when
     resuming, else the authors' settings. Resuming refuses other settings.
     Every ``epoch_N.pth`` carries the model's configuration, so test and
-    predict rebuild the same detector. Returns, for each epoch run:
-    {"epoch", "loss" (mean over steps), "seconds", "images"}.
+    predict rebuild the same detector. Under torchrun the work is shared (see
+    the module docstring) and only rank 0 writes checkpoints and logs.
+    Returns, for each epoch run: {"epoch", "loss" (mean over steps),
+    "seconds", "images"}.
     """
+    here = world()
     generator = seed_everything(config.seed)
     save_path = config.save_path
     by_class = read_meta(config.data_path, "test")
@@ -69,52 +85,66 @@ def train(config: TrainConfig, model: ModelConfig | DHRCLIP | None = None) -> li
         start_epoch = int(resume.state["epoch"]) + 1
         log.info("resuming from %s at epoch %d", resume.path, start_epoch)
 
-    dataset = CanvasDataset(items, net.config.target_image_size, bit_depth=config.bit_depth)
-    cache = None if config.feature_cache == "off" else FeatureCache(
-        config.feature_cache, len(dataset), device, save_path / "feature_cache")
+    owned = here.shard(len(items))
+    dataset = CanvasDataset(items[owned.start:owned.stop], net.config.target_image_size, bit_depth=config.bit_depth)
+    cache_folder = save_path / "feature_cache" / (f"rank{here.rank}" if here.size > 1 else "")
+    cache = None if config.feature_cache == "off" else FeatureCache(config.feature_cache, len(dataset), device,
+                                                                    cache_folder)
+    prompts = net.prompt_learner if here.size == 1 else DistributedDataParallel(
+        net.prompt_learner, device_ids=[device] if device.type == "cuda" else None)
     history: list[dict] = []
     log.info("training on %s: %d images of %d classes from %s, %d epochs", config.dataset or
              config.data_path.resolve().name, len(items), len(by_class), config.data_path, config.epochs)
     try:
         for epoch in range(start_epoch, config.epochs + 1):
             started = time.perf_counter()
-            batches = list(torch.randperm(len(dataset), generator=generator).split(config.batch_size))
+            batches = _local_batches(torch.randperm(len(items), generator=generator), config.batch_size, owned)
             net.train()
-            total, steps = 0.0, 0
-            for step, (feats, masks, labels) in enumerate(
-                    tqdm(_batches(net, dataset, batches, cache, config.num_workers), total=len(batches),
-                         desc=f"epoch {epoch}/{config.epochs}", leave=False, disable=None), start=1):
-                text = net.text_features()  # fp32: the prompts change every step
-                loss = segmentation_loss(net.layer_maps(feats, text), masks)
-                if config.image_loss_weight:
-                    loss = loss + config.image_loss_weight * image_loss(feats.global_embedding, text, labels)
-                if not math.isfinite(loss.item()):
-                    raise UserError(f"the loss became {loss.item()} at epoch {epoch}, step {step}; training "
-                                    f"stopped, the last good checkpoint is kept in {save_path}")
+            total = torch.zeros(1, dtype=torch.float64)
+            for step, ((local, size), loaded) in enumerate(
+                    zip(batches, tqdm(_batches(net, dataset, [b for b, _ in batches], cache, config.num_workers),
+                                      total=len(batches), desc=f"epoch {epoch}/{config.epochs}", leave=False,
+                                      disable=None if here.is_main else True)), start=1):
+                text = net.text_features(prompts())  # fp32: the prompts change every step
+                if loaded is None:  # none of this global batch is ours: a zero loss keeps the exchange going
+                    loss = text.sum() * 0.0
+                else:
+                    feats, masks, labels = loaded
+                    loss = segmentation_loss(net.layer_maps(feats, text), masks)
+                    if config.image_loss_weight:
+                        loss = loss + config.image_loss_weight * image_loss(feats.global_embedding, text, labels)
+                    if not math.isfinite(loss.item()):
+                        raise UserError(f"the loss became {loss.item()} at epoch {epoch}, step {step}; training "
+                                        f"stopped, the last good checkpoint is kept in {save_path}")
+                    loss = loss * (len(local) / size)  # this rank's share of the global batch mean
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                (loss * here.size).backward()  # DistributedDataParallel averages over ranks; the shares sum
                 optimizer.step()
-                total, steps = total + loss.item(), steps + 1
-            mean = total / max(steps, 1)
+                total += loss.item()
+            mean = float(sum_across(total)) / max(len(batches), 1)
             seconds = time.perf_counter() - started
-            history.append({"epoch": epoch, "loss": mean, "seconds": seconds, "images": len(dataset)})
-            if epoch % config.print_freq == 0:
-                line = f"epoch [{epoch}/{config.epochs}], loss:{mean:.4f}, {len(dataset) / seconds:.1f} images/s"
+            history.append({"epoch": epoch, "loss": mean, "seconds": seconds, "images": len(items)})
+            if epoch % config.print_freq == 0 and here.is_main:
+                line = f"epoch [{epoch}/{config.epochs}], loss:{mean:.4f}, {len(items) / seconds:.1f} images/s"
                 log.info(line)
                 _append_log(save_path, line)
-            if epoch % config.save_freq == 0 or epoch == config.epochs:
-                path = save_path / f"epoch_{epoch}.pth"
-                save_checkpoint(path, {
+            if (epoch % config.save_freq == 0 or epoch == config.epochs) and here.is_main:
+                save_checkpoint(save_path / f"epoch_{epoch}.pth", {
                     **model.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "generator": generator.get_state(),
                     "epoch": epoch,
                     "train_config": config.to_dict(),
                 })
-                model.checkpoint = path
+            if epoch % config.save_freq == 0 or epoch == config.epochs:
+                barrier()  # every rank's model.checkpoint names a file that exists
+                model.checkpoint = save_path / f"epoch_{epoch}.pth"
     finally:
         if cache is not None:
             cache.close()
+            if here.size > 1:
+                with contextlib.suppress(OSError):  # the shared feature_cache/ folder, once every rank's is gone
+                    cache_folder.parent.rmdir()
     return history
 
 
@@ -132,17 +162,33 @@ def _resume_point(folder: Path | None) -> Checkpoint | None:
     return state
 
 
+def _local_batches(order: torch.Tensor, batch_size: int, owned: range) -> list[tuple[torch.Tensor, int]]:
+    """The global batches of ``order`` (as one process draws them), each as the positions of its
+    images in this rank's shard ``owned`` and the global batch's size."""
+    batches = []
+    for batch in order.split(batch_size):
+        mine = batch[(batch >= owned.start) & (batch < owned.stop)] - owned.start
+        batches.append((mine, len(batch)))
+    return batches
+
+
 def _batches(model: DHRCLIPModel, dataset: CanvasDataset, batches: list[torch.Tensor], cache: FeatureCache | None,
-             num_workers: int | str) -> Iterator[tuple[ViewFeatures, torch.Tensor, torch.Tensor]]:
-    """Yield (view features, masks, labels) per batch, from the cache once it is full."""
+             num_workers: int | str) -> Iterator[tuple[ViewFeatures, torch.Tensor, torch.Tensor] | None]:
+    """Yield (view features, masks, labels) per batch, from the cache once it is full; None for
+    an empty batch."""
     device = model.device
     if cache is not None and cache.complete:
         for indices in batches:
-            yield cache.load(indices, device)
+            yield cache.load(indices, device) if len(indices) else None
         return
-    loader = DataLoader(dataset, batch_sampler=batches, num_workers=worker_count(num_workers, len(dataset)),
-                        pin_memory=device.type == "cuda", persistent_workers=False)
-    for indices, batch in zip(batches, loader):
+    filled = [indices for indices in batches if len(indices)]
+    loader = iter(DataLoader(dataset, batch_sampler=filled, num_workers=worker_count(num_workers, len(dataset)),
+                             pin_memory=device.type == "cuda", persistent_workers=False))
+    for indices in batches:
+        if not len(indices):
+            yield None
+            continue
+        batch = next(loader)
         images = batch["image"].to(device, non_blocking=True)
         masks = batch["mask"].to(device, non_blocking=True)
         labels = batch["label"].to(device, non_blocking=True)

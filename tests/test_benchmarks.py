@@ -28,3 +28,18 @@ def test_pipeline_benchmark_runs_on_cpu_with_a_tiny_model(clip_file, tmp_path):
                 "train_images_per_s_cached"):
         assert result[key] > 0
     assert result["device"] == "cpu" and result["precision"] == "float32"
+
+
+def test_bench_metrics_streams_at_scale_with_accumulators():
+    result = run_json("scripts/bench_metrics.py", "--size", "32", "--stream", "--scale", "2")
+    assert result["images"] == 2 * 1725 and result["pixels"] == 2 * 1725 * 32 * 32
+    assert result["seconds_all_metrics"] > 0 and result["peak_rss_mb"] > 0
+
+
+def test_scaleout_benchmark_runs_under_torchrun():
+    out = subprocess.run([sys.executable, "scripts/bench_scaleout.py", "--processes", "2", "--images_per_class", "2",
+                          "--epochs", "1", "--batch_size", "4"], cwd=ROOT, check=True, capture_output=True,
+                         text=True).stdout
+    runs = [json.loads(line) for line in out.strip().splitlines()]
+    assert [(r["command"], r["processes"]) for r in runs] == [("train.py", 2), ("test.py", 2)]
+    assert runs[1]["images"] == 8 and runs[1]["inference_images_per_s"] > 0
