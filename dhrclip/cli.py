@@ -18,8 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .config import (AUPRO_MODES, DEFAULT_MODEL, FEATURE_CACHE_MODES, FIGURE_SCALES, MAP_NORMS, METRIC_LEVELS,
-                     ON_ERROR, PRECISIONS, EvalConfig, ModelConfig, PredictConfig, ResolvedConfig, TrainConfig,
+from .config import (AUPRO_MODES, DEFAULT_MODEL, FEATURE_CACHE_MODES, FIGURE_SCALES, GRID_MODES, MAP_NORMS,
+                     METRIC_LEVELS, ON_ERROR, PRECISIONS, EvalConfig, ModelConfig, PredictConfig, ResolvedConfig, TrainConfig,
                      resolve_model_config)
 from .errors import UserError
 
@@ -104,6 +104,14 @@ def add_model_arguments(parser: argparse.ArgumentParser, from_checkpoint: bool) 
     r.add_argument("--debug", action="store_true", help="show full tracebacks")
 
 
+def add_grid_arguments(parser: argparse.ArgumentParser, default: str) -> None:
+    g = parser.add_argument_group("dynamic resolution")
+    g.add_argument("--grid", choices=GRID_MODES, default=default,
+                   help="fixed: every image squashed to the T×T canvas and cut into g×g tiles (the published method); "
+                        "auto: each image gets its own grid of P-pixel tiles at its own aspect ratio")
+    g.add_argument("--max_tiles", type=int, default=9, help="with --grid auto: at most this many tiles per image")
+
+
 def train_parser() -> argparse.ArgumentParser:
     p = _parser("Train DHR-CLIP prompts on one dataset (all of its test split, with masks).")
     p.add_argument("--train_data_path", type=path_arg, default=None,
@@ -122,6 +130,7 @@ def train_parser() -> argparse.ArgumentParser:
                    help="keep encoded views after epoch 1: auto picks device, host memory or disk by size")
     p.add_argument("--resume", type=path_arg, default=None,
                    help="continue from the last epoch_N.pth in this folder, with its settings")
+    add_grid_arguments(p, "fixed")
     add_model_arguments(p, from_checkpoint=False)
     return p
 
@@ -144,6 +153,7 @@ def evaluation_parser() -> argparse.ArgumentParser:
                    help="exact MVTec AUPRO, or the reference's 200-threshold value for comparing with its tables "
                         "(legacy keeps each class's maps in host memory; exact keeps only histograms)")
     p.add_argument("--vis", action="store_true", help="write per-image figures with the ground truth")
+    add_grid_arguments(p, "fixed")
     add_model_arguments(p, from_checkpoint=True)
     return p
 
@@ -169,6 +179,7 @@ def prediction_parser() -> argparse.ArgumentParser:
     p.add_argument("--figure_scale", choices=FIGURE_SCALES, default="run",
                    help="heatmap colours: one scale for the whole run, or one per image; either is widened to "
                         "put the pixel threshold in the middle when there is one")
+    add_grid_arguments(p, "auto")
     add_model_arguments(p, from_checkpoint=True)
     return p
 
@@ -215,6 +226,7 @@ def _train(args: argparse.Namespace) -> None:
         epochs=args.epoch, learning_rate=args.learning_rate, batch_size=args.batch_size,
         print_freq=args.print_freq, save_freq=args.save_freq, image_loss_weight=args.image_loss_weight,
         feature_cache=args.feature_cache, resume=args.resume, seed=args.seed, num_workers=args.num_workers,
+        grid=args.grid, max_tiles=args.max_tiles,
         bit_depth=args.bit_depth, device=_join_processes(args.device), precision=args.precision)
     last = latest_checkpoint(args.resume) if args.resume is not None else None
     saved = read_checkpoint(last).config if last is not None else None
@@ -243,7 +255,8 @@ def _test(args: argparse.Namespace) -> None:
     config = EvalConfig(
         data_path=_data_path(args, args.data_path), save_path=args.save_path, dataset=args.dataset,
         classes=args.classes, metrics=args.metrics, map_norm=args.map_norm, aupro=args.aupro, vis=args.vis,
-        batch_size=args.batch_size, num_workers=args.num_workers, bit_depth=args.bit_depth, seed=args.seed)
+        batch_size=args.batch_size, num_workers=args.num_workers, bit_depth=args.bit_depth, seed=args.seed,
+        grid=args.grid, max_tiles=args.max_tiles)
     if not args.print_config:
         read_meta(config.data_path, "test", config.classes)  # a wrong dataset fails before the model loads
     model = _load_detector(args)
@@ -259,7 +272,7 @@ def _predict(args: argparse.Namespace) -> None:
         threshold_file=args.threshold_file, calibrate_on=args.calibrate_on,
         calibrate_quantile=args.calibrate_quantile, on_error=args.on_error, overwrite=args.overwrite,
         figure_scale=args.figure_scale, batch_size=args.batch_size, num_workers=args.num_workers,
-        bit_depth=args.bit_depth, seed=args.seed)
+        bit_depth=args.bit_depth, seed=args.seed, grid=args.grid, max_tiles=args.max_tiles)
     if not args.print_config:  # a wrong input or output folder fails before the model loads
         collect_images(config.input, exclude=config.save_path)
         check_save_path(config)

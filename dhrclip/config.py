@@ -27,6 +27,7 @@ MAP_NORMS = ("per-image", "none")
 AUPRO_MODES = ("exact", "legacy")
 ON_ERROR = ("skip", "stop")
 FIGURE_SCALES = ("run", "image")
+GRID_MODES = ("fixed", "auto")  # the T×T canvas with g×g tiles, or a grid chosen per image
 
 # How a value given at test time may differ from the checkpoint's (docs/method.md §9).
 GEOMETRY_FIELDS = ("image_size", "patch_image_size", "target_image_size", "tiles_per_side", "sigma", "alpha")
@@ -224,6 +225,8 @@ def _run_checks(config: object) -> None:
              f"{config.save_path} is a file, not a folder")
     _require(config.bit_depth is None or 8 <= config.bit_depth <= 16, "bit_depth",
              f"must be between 8 and 16, got {config.bit_depth}")
+    _choice(config, "grid", GRID_MODES)
+    _positive(config, "max_tiles")
 
 
 def _positive(config: object, *names: str) -> None:
@@ -256,6 +259,8 @@ class TrainConfig:
     bit_depth: int | None = None        # significant bits of 16-bit images; None: read or inferred
     device: str = "auto"                # used when train() builds the model itself
     precision: str | None = None
+    grid: str = "fixed"                 # "fixed": the T×T canvas; "auto": a tile grid per image
+    max_tiles: int = 9                  # with grid "auto": at most this many tiles
 
     def __post_init__(self) -> None:
         self.data_path, self.save_path = Path(self.data_path), Path(self.save_path)
@@ -286,6 +291,8 @@ class EvalConfig:
     num_workers: int | str = "auto"
     bit_depth: int | None = None
     seed: int = 111
+    grid: str = "fixed"                 # "fixed": the T×T canvas; "auto": a tile grid per image
+    max_tiles: int = 9                  # with grid "auto": at most this many tiles
 
     def __post_init__(self) -> None:
         self.data_path, self.save_path = Path(self.data_path), Path(self.save_path)
@@ -316,6 +323,8 @@ class PredictConfig:
     num_workers: int | str = "auto"
     bit_depth: int | None = None
     seed: int = 111
+    grid: str = "auto"                  # "fixed": the T×T canvas; "auto": a tile grid per image
+    max_tiles: int = 9                  # with grid "auto": at most this many tiles
 
     def __post_init__(self) -> None:
         self.save_path = Path(self.save_path)

@@ -5,7 +5,7 @@ import json
 import logging
 import os
 import struct
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Union
 
@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 
 from .errors import UserError
 from .metrics import region_sizes
+from .tiling import Placement, place
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,18 @@ def _open(path: Path, what: str) -> Image.Image:
             return ImageOps.exif_transpose(img)
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
         raise UserError(f"{what} {path} is unreadable or truncated ({exc})") from exc
+
+
+def image_shape(path: Path) -> tuple[int, int]:
+    """(height, width) of an image file, upright per its EXIF orientation, from its header alone."""
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # rotated by 90 degrees one way or the other
+                width, height = height, width
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
+        raise UserError(f"image {path} is unreadable or truncated ({exc})") from exc
+    return height, width
 
 
 _INFERRED_BITS: set[int] = set()  # depths already reported, so each is logged once
@@ -135,17 +148,60 @@ def load_mask(path: Path) -> np.ndarray:
     return arr != 0
 
 
-def to_canvas(img: Image.Image, size: int) -> torch.Tensor:
-    """Bicubic resize to size × size, as a uint8 (3, size, size) tensor."""
-    resized = img.resize((size, size), Image.Resampling.BICUBIC)
+def to_canvas(img: Image.Image, size: int | tuple[int, int]) -> torch.Tensor:
+    """Bicubic resize to size × size (or (height, width)), as a uint8 (3, H, W) tensor."""
+    h, w = (size, size) if isinstance(size, int) else size
+    resized = img.resize((w, h), Image.Resampling.BICUBIC)
     return torch.from_numpy(np.asarray(resized, dtype=np.uint8).copy()).permute(2, 0, 1)
 
 
-def resize_mask(mask: np.ndarray, size: int) -> torch.Tensor:
-    """Bilinear resize of a bool mask to size × size, binarised at 0.5 (docs/method.md §2)."""
+def resize_mask(mask: np.ndarray, size: int | tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of a bool mask to size × size (or (height, width)), binarised at 0.5
+    (docs/method.md §2)."""
+    h, w = (size, size) if isinstance(size, int) else size
     img = Image.fromarray(mask.astype(np.float32), mode="F")
-    resized = np.asarray(img.resize((size, size), Image.Resampling.BILINEAR))
+    resized = np.asarray(img.resize((w, h), Image.Resampling.BILINEAR))
     return torch.from_numpy(resized > 0.5)
+
+
+@dataclass(frozen=True)
+class AutoGrid:
+    """``grid="auto"``: each image gets its own rows × cols grid of ``tile``-pixel tiles
+    (``tiling.choose_grid``, at most ``max_tiles``) and is placed, aspect kept, on a
+    rows·tile × cols·tile canvas."""
+
+    tile: int
+    max_tiles: int = 9
+
+
+def _placed(img: Image.Image, grid: AutoGrid) -> tuple[torch.Tensor, Placement]:
+    """The image resized into its box on its own canvas; the padding is filled by the model."""
+    placed = place(img.height, img.width, grid.tile, grid.max_tiles)
+    canvas = torch.zeros(3, placed.rows * grid.tile, placed.cols * grid.tile, dtype=torch.uint8)
+    canvas[:, placed.box[0], placed.box[1]] = to_canvas(img, (placed.height, placed.width))
+    return canvas, placed
+
+
+def _place_mask(mask: np.ndarray, placed: Placement, tile: int) -> torch.Tensor:
+    out = torch.zeros(placed.rows * tile, placed.cols * tile, dtype=torch.bool)
+    out[placed.box[0], placed.box[1]] = resize_mask(mask, (placed.height, placed.width))
+    return out
+
+
+def collate(samples: list[dict]) -> dict:
+    """A batch of samples: tensors of one shape stacked, of different shapes (masks at each
+    image's own size) listed, numbers as a tensor, text as a list."""
+    batch: dict = {}
+    for key in samples[0]:
+        values = [sample[key] for sample in samples]
+        if isinstance(values[0], torch.Tensor):
+            same = all(v.shape == values[0].shape for v in values)
+            batch[key] = torch.stack(values) if same else values
+        elif isinstance(values[0], (int, float)):
+            batch[key] = torch.tensor(values)
+        else:
+            batch[key] = values
+    return batch
 
 
 @dataclass(frozen=True)
@@ -223,18 +279,22 @@ class CanvasDataset(Dataset):
     """Items as model-ready canvases: uint8 (3, T, T) image, bool (T, T) mask, label.
 
     Decoding and resizing happen here, in DataLoader workers; everything after
-    runs batched on the device. With ``regions`` each sample also carries its
-    mask's ``region_sizes`` (int32 (T, T)) and ``regions`` count, the mask-only
-    part of the PRO metric, computed here beside the mask.
+    runs batched on the device. ``canvas`` is T (the fixed T×T canvas) or an
+    ``AutoGrid``, whose samples carry their ``placement`` and whose masks are
+    at the image's own size with ``native_masks`` (for metrics), else placed on
+    the canvas (for training). With ``regions`` each sample also carries its
+    mask's ``region_sizes`` (int32) and ``regions`` count, the mask-only part
+    of the PRO metric, computed here beside the mask.
     """
 
-    def __init__(self, items: list[Item], canvas_size: int, with_masks: bool = True,
-                 bit_depth: int | None = None, regions: bool = False) -> None:
+    def __init__(self, items: list[Item], canvas: int | AutoGrid, with_masks: bool = True,
+                 bit_depth: int | None = None, regions: bool = False, native_masks: bool = False) -> None:
         self.items = items
-        self.size = canvas_size
+        self.canvas = canvas
         self.with_masks = with_masks
         self.bit_depth = bit_depth
         self.regions = regions and with_masks
+        self.native_masks = native_masks and isinstance(canvas, AutoGrid)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -245,8 +305,13 @@ class CanvasDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         item = self.items[index]
         img = load_rgb(item.image, self.bit_depth)
-        sample = {"image": to_canvas(img, self.size), "label": item.anomaly, "index": index,
-                  "size": torch.tensor([img.height, img.width])}
+        sample = {"label": item.anomaly, "index": index, "size": torch.tensor([img.height, img.width])}
+        placed = None
+        if isinstance(self.canvas, AutoGrid):
+            sample["image"], placed = _placed(img, self.canvas)
+            sample["placement"] = torch.tensor(astuple(placed))
+        else:
+            sample["image"] = to_canvas(img, self.canvas)
         if self.with_masks:
             if item.mask is not None:
                 mask = load_mask(item.mask)
@@ -255,7 +320,12 @@ class CanvasDataset(Dataset):
                                     f"{item.image} is {img.width}x{img.height}")
             else:
                 mask = np.zeros((img.height, img.width), dtype=bool)
-            sample["mask"] = resize_mask(mask, self.size)
+            if self.native_masks:
+                sample["mask"] = torch.from_numpy(mask)
+            elif placed is not None:
+                sample["mask"] = _place_mask(mask, placed, self.canvas.tile)
+            else:
+                sample["mask"] = resize_mask(mask, self.canvas)
             if self.regions:
                 sizes, count = region_sizes(sample["mask"].numpy())
                 sample["region_sizes"], sample["regions"] = torch.from_numpy(sizes), count
@@ -263,16 +333,17 @@ class CanvasDataset(Dataset):
 
 
 class ImageDataset(Dataset):
-    """Images from paths, PIL images or arrays as canvases: uint8 (3, T, T), index, original size.
+    """Images from paths, PIL images or arrays as canvases (uint8 (3, T, T), or with an
+    ``AutoGrid`` their own grid's canvas and ``placement``), index, original size.
 
     With ``skip_errors`` an unreadable image does not stop the run: its sample
     carries the message in ``error`` (empty for good ones) and a blank canvas.
     """
 
-    def __init__(self, sources: list[ImageSource], canvas_size: int, bit_depth: int | None = None,
+    def __init__(self, sources: list[ImageSource], canvas: int | AutoGrid, bit_depth: int | None = None,
                  skip_errors: bool = False) -> None:
         self.sources = sources
-        self.size = canvas_size
+        self.canvas = canvas
         self.bit_depth = bit_depth
         self.skip_errors = skip_errors
 
@@ -289,9 +360,15 @@ class ImageDataset(Dataset):
         except UserError as exc:
             if not self.skip_errors:
                 raise
-            return {"image": torch.zeros(3, self.size, self.size, dtype=torch.uint8), "index": index,
+            blank = (self.canvas, self.canvas) if isinstance(self.canvas, int) else (self.canvas.tile,) * 2
+            return {"image": torch.zeros(3, *blank, dtype=torch.uint8), "index": index,
                     "size": torch.tensor([0, 0]), "error": str(exc)}
-        sample = {"image": to_canvas(img, self.size), "index": index, "size": torch.tensor([img.height, img.width])}
+        sample = {"index": index, "size": torch.tensor([img.height, img.width])}
+        if isinstance(self.canvas, AutoGrid):
+            sample["image"], placed = _placed(img, self.canvas)
+            sample["placement"] = torch.tensor(astuple(placed))
+        else:
+            sample["image"] = to_canvas(img, self.canvas)
         return {**sample, "error": ""} if self.skip_errors else sample
 
 

@@ -15,7 +15,7 @@ import torch
 
 from .backbone import is_weights_path, load_clip, uses_quick_gelu
 from .checkpoint import Checkpoint, load_prompts, read_checkpoint
-from .config import DERIVED_FIELDS, ModelConfig, ResolvedConfig, resolve_model_config
+from .config import DERIVED_FIELDS, GRID_MODES, ModelConfig, ResolvedConfig, resolve_model_config
 from .data import ImageSource
 from .errors import UserError
 from .files import fingerprint
@@ -97,18 +97,23 @@ class DHRCLIP:
         log.info("loaded %s", ckpt.path)
         return cls(model, ResolvedConfig(model.config, resolved.sources), checkpoint=ckpt.path)
 
-    def predict(self, images: ImageSource | list[ImageSource], batch_size: int = 8,
-                num_workers: int = 0) -> Prediction | list[Prediction]:
+    def predict(self, images: ImageSource | list[ImageSource], batch_size: int = 8, num_workers: int = 0,
+                grid: str = "auto", max_tiles: int = 9) -> Prediction | list[Prediction]:
         """Anomaly maps (at each image's own size, smoothed, not normalised) and image scores.
 
         ``images``: one image or a list of them, each a path, a PIL image or an
         (H, W, 3) uint8 array. A single image gives one ``Prediction``, a list a
-        list. Values equal predict.py's for the same images and batch size.
+        list. ``grid``: "auto" (a tile grid per image, at its own aspect ratio) or
+        "fixed" (the T×T canvas). Values equal predict.py's for the same images,
+        grid and batch size.
         """
+        if grid not in GRID_MODES:
+            raise UserError(f"grid must be one of {', '.join(GRID_MODES)}, got {grid!r}", field="grid")
         single = not isinstance(images, (list, tuple))
         sources = [images] if single else list(images)
         results: list[Prediction | None] = [None] * len(sources)
-        for i, prediction in iter_predictions(self.model, sources, batch_size, num_workers):
+        for i, prediction in iter_predictions(self.model, sources, batch_size, num_workers, grid=grid,
+                                              max_tiles=max_tiles):
             results[i] = prediction
         return results[0] if single else results
 

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tabulate import tabulate
 from tqdm import tqdm
 
 from .config import EvalConfig
-from .data import CanvasDataset, Item, read_meta
+from .data import AutoGrid, CanvasDataset, Item, read_meta
 from .detector import DHRCLIP
 from .distributed import gather_all, gather_to_main, sum_across, world
 from .errors import UserError
@@ -94,10 +95,10 @@ class FigureSpool:
         self.scratch.mkdir(parents=True)
         self.written: list[int] = []
 
-    def add(self, positions: np.ndarray, maps: torch.Tensor, scores: np.ndarray, sizes: np.ndarray,
-            masks: torch.Tensor | None) -> None:
-        maps16 = maps.half().cpu().numpy()
-        masks_np = masks.cpu().numpy() if masks is not None else None
+    def add(self, positions: np.ndarray, maps: torch.Tensor | list[torch.Tensor], scores: np.ndarray,
+            sizes: np.ndarray, masks: torch.Tensor | list[torch.Tensor] | None) -> None:
+        maps16 = [m.half().cpu().numpy() for m in maps]
+        masks_np = [m.cpu().numpy() for m in masks] if masks is not None else None
         for k, i in enumerate(positions):
             np.savez(self.scratch / f"{int(i)}.npz", map=maps16[k], score=scores[k], size=sizes[k],
                      **({"mask": masks_np[k]} if masks_np is not None else {}))
@@ -123,6 +124,14 @@ class FigureSpool:
                                  tuple(int(v) for v in saved["size"]), ColorScale.around(*merged[class_of[i]]),
                                  bit_depth)
         shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def _resized(amap: torch.Tensor, size: tuple[int, int] | np.ndarray) -> torch.Tensor:
+    """A map bilinearly resized to (height, width), on its device."""
+    h, w = (int(v) for v in size)
+    if tuple(amap.shape) == (h, w):
+        return amap
+    return F.interpolate(amap[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
 
 
 def mean_metrics(per_class: dict[str, dict[str, float | None]]) -> dict[str, float | None]:
@@ -160,27 +169,43 @@ def metrics_by_class(model: DHRCLIP, by_class: dict[str, list[Item]], config: Ev
     legacy = LegacyMaps({c: len(by_class[c]) for c in pixel_classes}) if config.aupro == "legacy" else None
     spool = FigureSpool(config.save_path / "vis", here.rank) if config.vis else None
     metrics_s = 0.0
-    dataset = CanvasDataset(items[mine.start:mine.stop], model.config.target_image_size, bool(pixel_classes),
-                            config.bit_depth, regions=True)
+    auto = config.grid == "auto"
+    canvas = AutoGrid(model.config.patch_image_size, config.max_tiles) if auto else model.config.target_image_size
+    dataset = CanvasDataset(items[mine.start:mine.stop], canvas, bool(pixel_classes), config.bit_depth, regions=True,
+                            native_masks=True)
     for batch in iter_batches(model.model, dataset, config.batch_size, config.num_workers, config.map_norm,
                               desc="testing"):
         began = time.perf_counter()
         positions = batch.index + mine.start
         owner = np.searchsorted(starts, positions, side="right") - 1
+        if auto:  # each map at its own image's (its mask's) size
+            sized = [_resized(m, tuple(batch.masks[k].shape) if batch.masks is not None else batch.sizes[k])
+                     for k, m in enumerate(batch.maps)]
         for c in np.unique(owner):
             name, rows = names[c], owner == c
-            on_device = torch.from_numpy(rows).to(batch.maps.device)
+            ks = np.flatnonzero(rows)
+            on_device = torch.from_numpy(rows).to(model.device)
             state = states[name]
             if image:
                 state.image.update(batch.scores[rows], [items[i].anomaly for i in positions[rows]])
             if state.pixel is not None:
-                state.pixel.update(batch.maps[on_device], batch.masks[on_device], batch.region_sizes[on_device],
-                                   int(batch.regions[rows].sum()))
+                if auto:
+                    for k in ks:
+                        state.pixel.update(sized[k][None], batch.masks[k][None], batch.region_sizes[k][None],
+                                           int(batch.regions[k]))
+                else:
+                    state.pixel.update(batch.maps[on_device], batch.masks[on_device], batch.region_sizes[on_device],
+                                       int(batch.regions[rows].sum()))
                 if legacy is not None:
                     legacy.add(name, positions[rows] - starts[c], batch.maps[on_device], batch.masks[on_device])
             if spool is not None:
-                spool.add(positions[rows], batch.maps[on_device], batch.scores[rows], batch.sizes[rows],
-                          batch.masks[on_device] if state.pixel is not None else None)
+                with_masks = state.pixel is not None
+                if auto:
+                    spool.add(positions[rows], [sized[k] for k in ks], batch.scores[rows], batch.sizes[rows],
+                              [batch.masks[k] for k in ks] if with_masks else None)
+                else:
+                    spool.add(positions[rows], batch.maps[on_device], batch.scores[rows], batch.sizes[rows],
+                              batch.masks[on_device] if with_masks else None)
         metrics_s += time.perf_counter() - began
 
     began = time.perf_counter()
@@ -236,6 +261,9 @@ def evaluate(model: DHRCLIP, config: EvalConfig) -> dict:
         raise UserError(f"metrics pixel-level: no class of {config.data_path} has a mask for every anomalous "
                         f"image, so there is nothing to report; use metrics image-level", field="metrics")
     want_pixel = bool(pixel_classes)
+    if config.grid == "auto" and config.aupro == "legacy" and want_pixel:
+        raise UserError("aupro legacy reproduces the reference's fixed-canvas protocol; use grid fixed with it",
+                        field="aupro")
 
     checkpoint = str(model.checkpoint) if model.checkpoint is not None else None
     log.info("testing %s on %s (%d images, %d classes) on %s in %s", checkpoint or "untrained prompts",

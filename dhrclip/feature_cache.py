@@ -44,7 +44,7 @@ class FeatureCache:
         self.slots: list[torch.Tensor] = []
         self.filled = torch.zeros(size, dtype=torch.bool)
         self.layers = 0
-        self.grids: tuple[tuple[int, int], tuple[int, int]] | None = None
+        self.views: dict | None = None  # the batch-independent fields of ViewFeatures
         self.where = "unallocated"
 
     @property
@@ -94,7 +94,8 @@ class FeatureCache:
         parts = self._flatten(feats, masks, labels, tiles)
         if not self.slots:
             self.layers = len(feats.global_tokens)
-            self.grids = (feats.global_grid, feats.tile_grid)
+            self.views = {"global_grid": feats.global_grid, "tile_grid": feats.tile_grid, "tiles": feats.tiles,
+                          "global_size": feats.global_size}
             self._allocate(parts)
         for slot, part in zip(self.slots, parts):
             slot[indices.to(slot.device)] = part.detach().to(slot.device)
@@ -108,8 +109,7 @@ class FeatureCache:
             tile_tokens=[t.flatten(0, 1) for t in parts[n:2 * n]],
             global_embedding=parts[2 * n],
             tile_embedding=parts[2 * n + 1].flatten(0, 1),
-            global_grid=self.grids[0],
-            tile_grid=self.grids[1],
+            **self.views,
         )
         return feats, parts[2 * n + 2], parts[2 * n + 3]
 
@@ -118,3 +118,39 @@ class FeatureCache:
         self.slots.clear()
         if self.where == "disk":
             shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class GroupedFeatureCache:
+    """One ``FeatureCache`` per group of images whose views share a shape (with ``grid="auto"``,
+    the images of one tile grid), addressed by the images' dataset indices."""
+
+    def __init__(self, mode: str, groups: list[int], device: torch.device, directory: Path) -> None:
+        self.group = torch.tensor(groups, dtype=torch.long)
+        self.slot = torch.zeros(len(groups), dtype=torch.long)
+        self.caches: dict[int, FeatureCache] = {}
+        for g in sorted(set(groups)):
+            members = torch.nonzero(self.group == g).flatten()
+            self.slot[members] = torch.arange(len(members))
+            folder = directory / f"grid_{g}" if len(set(groups)) > 1 else directory
+            self.caches[g] = FeatureCache(mode, len(members), device, folder)
+
+    @property
+    def complete(self) -> bool:
+        return all(cache.complete for cache in self.caches.values())
+
+    def _cache(self, indices: torch.Tensor) -> FeatureCache:
+        groups = self.group[indices].unique()
+        if len(groups) != 1:
+            raise ValueError("a batch of the feature cache must hold images of one group")
+        return self.caches[int(groups[0])]
+
+    def store(self, indices: torch.Tensor, feats: ViewFeatures, masks: torch.Tensor, labels: torch.Tensor,
+              tiles: int) -> None:
+        self._cache(indices).store(self.slot[indices], feats, masks, labels, tiles)
+
+    def load(self, indices: torch.Tensor, device: torch.device) -> tuple[ViewFeatures, torch.Tensor, torch.Tensor]:
+        return self._cache(indices).load(self.slot[indices], device)
+
+    def close(self) -> None:
+        for cache in self.caches.values():
+            cache.close()

@@ -15,11 +15,12 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .data import CanvasDataset, ImageDataset, ImageSource, worker_count
+from .data import AutoGrid, CanvasDataset, ImageDataset, ImageSource, collate, worker_count
 from .distributed import world
 from .errors import UserError
 from .maps import minmax_normalize
 from .model import DHRCLIPModel
+from .tiling import Placement
 
 
 @dataclass
@@ -27,13 +28,15 @@ class BatchOutput:
     """One batch of results; the maps stay on the device until the consumer copies them."""
 
     index: np.ndarray            # positions of the batch's images in the dataset
-    maps: torch.Tensor           # (B, T, T) float32, smoothed (and normalised if asked), on the device
+    maps: torch.Tensor | list[torch.Tensor]  # smoothed (and normalised if asked) float32 maps on the device:
+    #   (B, T, T) on the fixed canvas, or with an AutoGrid one (h, w) map per image, its box on its canvas
     scores: np.ndarray           # (B,) image scores
     sizes: np.ndarray            # (B, 2) original (height, width)
-    masks: torch.Tensor | None   # (B, T, T) bool on the device, for datasets with masks
+    masks: torch.Tensor | list[torch.Tensor] | None  # bool on the device, for datasets with masks
     errors: dict[int, str] = field(default_factory=dict)  # dataset position -> why it was skipped
-    region_sizes: torch.Tensor | None = None  # (B, T, T) int32 on the device, with CanvasDataset(regions=True)
+    region_sizes: torch.Tensor | list[torch.Tensor] | None = None  # int32, with CanvasDataset(regions=True)
     regions: np.ndarray | None = None         # (B,) defect regions in each mask, with region_sizes
+    grids: list[tuple[int, int]] = field(default_factory=list)  # (rows, cols) of each image's tiles
 
 
 @dataclass
@@ -42,10 +45,40 @@ class Prediction:
 
     anomaly_map: np.ndarray      # (H, W) float32 at the image's own size, smoothed, not normalised
     score: float                 # image-level anomaly score, P(anomalous)
+    grid: tuple[int, int] = (0, 0)  # (rows, cols) of the tiles it was seen through
 
     @property
     def map_max(self) -> float:
         return float(self.anomaly_map.max())
+
+
+def _loader(dataset: CanvasDataset | ImageDataset, batch_size: int, num_workers: int | str,
+            device: torch.device) -> Iterator[dict]:
+    """Collated batches. With an AutoGrid, images are grouped by grid as they are decoded, so
+    every batch holds canvases of one size: a group is run when it has ``batch_size`` images,
+    and the rest at the end."""
+    workers = worker_count(num_workers, len(dataset))
+    pin = device.type == "cuda"
+    if not isinstance(dataset.canvas, AutoGrid):
+        yield from DataLoader(dataset, batch_size=batch_size, num_workers=workers, pin_memory=pin, collate_fn=collate)
+        return
+    groups: dict[tuple[int, int], list[dict]] = {}
+    for sample in DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=pin):
+        if sample.get("error"):
+            yield collate([sample])
+            continue
+        key = tuple(int(v) for v in sample["placement"][:2])
+        groups.setdefault(key, []).append(sample)
+        if len(groups[key]) == batch_size:
+            yield collate(groups.pop(key))
+    for group in groups.values():
+        yield collate(group)
+
+
+def _on_device(value: torch.Tensor | list[torch.Tensor], device: torch.device) -> torch.Tensor | list[torch.Tensor]:
+    if isinstance(value, list):
+        return [v.to(device, non_blocking=True) for v in value]
+    return value.to(device, non_blocking=True)
 
 
 @torch.no_grad()
@@ -55,49 +88,65 @@ def iter_batches(model: DHRCLIPModel, dataset: CanvasDataset | ImageDataset, bat
     """Run ``model`` over ``dataset`` in batches: views encoded together, maps smoothed (and,
     with ``map_norm="per-image"``, min-max normalised) on the device, one host copy of the
     scores per batch and none per image. Images the dataset could not read (``error``) are
-    left out of the batch and reported in ``errors``."""
+    left out of the batch and reported in ``errors``. With an ``AutoGrid`` dataset, batches
+    come grouped by grid, not in dataset order."""
     model.eval()
     device = model.device
     text = model.text_features()
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=worker_count(num_workers, len(dataset)),
-                        pin_memory=device.type == "cuda")
-    for batch in tqdm(loader, desc=desc, unit="batch", disable=None if world().is_main else True):
+    auto = isinstance(dataset.canvas, AutoGrid)
+    progress = tqdm(total=len(dataset), desc=desc, unit="image", disable=None if world().is_main else True)
+    for batch in _loader(dataset, batch_size, num_workers, device):
         index, images, sizes = batch["index"].numpy(), batch["image"], batch["size"].numpy()
+        progress.update(len(index))
         errors = {int(i): e for i, e in zip(index, batch.get("error", ())) if e}
         if errors:
             keep = np.array([int(i) not in errors for i in index])
-            index, images, sizes = index[keep], images[torch.from_numpy(keep)], sizes[keep]
-            if not len(index):
-                yield BatchOutput(index=index, maps=torch.empty(0), scores=np.empty(0), sizes=sizes, masks=None,
-                                  errors=errors)
+            if not keep.any():
+                yield BatchOutput(index=index[keep], maps=torch.empty(0), scores=np.empty(0), sizes=sizes[keep],
+                                  masks=None, errors=errors)
                 continue
-        maps, scores = model(images.to(device, non_blocking=True), text)
-        if map_norm == "per-image":
-            maps = minmax_normalize(maps)
-        finite = torch.isfinite(maps).flatten(1).all(dim=1) & torch.isfinite(scores)
+            index, images, sizes = index[keep], images[torch.from_numpy(keep)], sizes[keep]
+        images = images.to(device, non_blocking=True)
+        if auto:
+            placements = [Placement(*(int(v) for v in row)) for row in batch["placement"]]
+            maps, scores = model.forward_placed(images, model.grid(placements[0].rows, placements[0].cols),
+                                                placements, text)
+            if map_norm == "per-image":
+                maps = [minmax_normalize(m[None])[0] for m in maps]
+            finite = torch.stack([torch.isfinite(m).all() for m in maps]) & torch.isfinite(scores)
+            grids = [(p.rows, p.cols) for p in placements]
+        else:
+            maps, scores = model(images, text)
+            if map_norm == "per-image":
+                maps = minmax_normalize(maps)
+            finite = torch.isfinite(maps).flatten(1).all(dim=1) & torch.isfinite(scores)
+            grids = [(model.tiles.rows, model.tiles.cols)] * len(index)
         if not bool(finite.all()):
             bad = dataset.describe(int(index[int((~finite).nonzero()[0])]))
             raise UserError(f"the anomaly map of {bad} contains NaN or Inf; try precision fp32", field="precision")
-        on_device = {k: batch[k].to(device, non_blocking=True) for k in ("mask", "region_sizes") if k in batch}
+        on_device = {k: _on_device(batch[k], device) for k in ("mask", "region_sizes") if k in batch}
         yield BatchOutput(index=index, maps=maps, scores=scores.cpu().numpy(), sizes=sizes,
                           masks=on_device.get("mask"), errors=errors, region_sizes=on_device.get("region_sizes"),
-                          regions=batch["regions"].numpy() if "regions" in batch else None)
+                          regions=batch["regions"].numpy() if "regions" in batch else None, grids=grids)
+    progress.close()
 
 
 def to_image_size(amap: np.ndarray, height: int, width: int) -> np.ndarray:
-    """A canvas-size map resized (bilinearly) to the image it was computed from."""
+    """A map resized (bilinearly) to the image it was computed from."""
     return cv2.resize(amap, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
 def iter_predictions(model: DHRCLIPModel, sources: list[ImageSource], batch_size: int, num_workers: int | str = 0,
-                     desc: str = "predicting", bit_depth: int | None = None, skip_errors: bool = False
-                     ) -> Iterator[tuple[int, Prediction | str]]:
+                     desc: str = "predicting", bit_depth: int | None = None, skip_errors: bool = False,
+                     grid: str = "fixed", max_tiles: int = 9) -> Iterator[tuple[int, Prediction | str]]:
     """(position in ``sources``, Prediction) for every image, in batches, maps at each image's own
-    size. With ``skip_errors`` an unreadable image gives (position, why) instead of stopping."""
-    dataset = ImageDataset(sources, model.config.target_image_size, bit_depth, skip_errors)
+    size. With ``skip_errors`` an unreadable image gives (position, why) instead of stopping.
+    ``grid``: "fixed" (the T×T canvas) or "auto" (a grid per image, at most ``max_tiles``)."""
+    canvas = AutoGrid(model.config.patch_image_size, max_tiles) if grid == "auto" else model.config.target_image_size
+    dataset = ImageDataset(sources, canvas, bit_depth, skip_errors)
     for batch in iter_batches(model, dataset, batch_size, num_workers, desc=desc):
         yield from batch.errors.items()
-        maps = batch.maps.cpu().numpy()
         for k, i in enumerate(batch.index):
             h, w = (int(v) for v in batch.sizes[k])
-            yield int(i), Prediction(anomaly_map=to_image_size(maps[k], h, w), score=float(batch.scores[k]))
+            yield int(i), Prediction(anomaly_map=to_image_size(batch.maps[k].cpu().numpy(), h, w),
+                                     score=float(batch.scores[k]), grid=batch.grids[k])

@@ -16,24 +16,24 @@ def token_probabilities(tokens: torch.Tensor, text: torch.Tensor, grid: tuple[in
     return probs.transpose(1, 2).reshape(tokens.shape[0], 2, *grid)
 
 
-def combine_views(global_probs: torch.Tensor, tile_probs: torch.Tensor, tiles: TileGrid, global_size: int,
-                  alpha: float) -> torch.Tensor:
+def combine_views(global_probs: torch.Tensor, tile_probs: torch.Tensor, tiles: TileGrid,
+                  global_size: int | tuple[int, int], alpha: float) -> torch.Tensor:
     """Upsample, stitch and mix one layer's maps (docs/method.md §5 steps 2-4).
 
     global_probs: (B, 2, r, c) on the global view's token grid, upsampled in two
-    bilinear steps as the method does: grid -> S (the view's own size) -> T;
-    tile_probs: (B·g², 2, r', c') on the tiles' grid, upsampled to P.
-    Returns (B, 2, T, T): α·global + (1-α)·tiles.
+    bilinear steps as the method does: grid -> the view's own size -> canvas;
+    tile_probs: (B·rows·cols, 2, r', c') on the tiles' grid, upsampled to P.
+    Returns (B, 2, H, W) on the canvas: α·global + (1-α)·tiles.
     """
-    t = tiles.canvas
-    global_map = F.interpolate(global_probs, size=(global_size, global_size), mode="bilinear", align_corners=False)
-    global_map = F.interpolate(global_map, size=(t, t), mode="bilinear", align_corners=False)
+    size = (global_size, global_size) if isinstance(global_size, int) else tuple(global_size)
+    global_map = F.interpolate(global_probs, size=size, mode="bilinear", align_corners=False)
+    global_map = F.interpolate(global_map, size=tiles.size, mode="bilinear", align_corners=False)
     tile_maps = F.interpolate(tile_probs, size=(tiles.tile, tiles.tile), mode="bilinear", align_corners=False)
     return alpha * global_map + (1 - alpha) * tiles.stitch(tile_maps)
 
 
 def anomaly_score_map(layer_maps: list[torch.Tensor]) -> torch.Tensor:
-    """Σ over tapped layers of (p_a + 1 - p_n) / 2, shape (B, T, T)."""
+    """Σ over tapped layers of (p_a + 1 - p_n) / 2, shape (B, H, W)."""
     return torch.stack([(m[:, 1] + 1 - m[:, 0]) / 2 for m in layer_maps]).sum(dim=0)
 
 

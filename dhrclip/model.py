@@ -13,7 +13,7 @@ from .errors import UserError
 from .maps import anomaly_score_map, combine_views, gaussian_blur, image_logits, image_scores, token_probabilities
 from .prompts import PromptLearner, TextEncoder
 from .runtime import autocast
-from .tiling import TileGrid
+from .tiling import Placement, TileGrid, global_view_size
 from .vision import VisionEncoder
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -30,6 +30,8 @@ class ViewFeatures:
     tile_embedding: torch.Tensor        # (B·g², E)
     global_grid: tuple[int, int]
     tile_grid: tuple[int, int]
+    tiles: TileGrid                     # the canvas and its tiles
+    global_size: tuple[int, int]        # (height, width) of the global view
 
 
 class DHRCLIPModel(nn.Module):
@@ -44,7 +46,7 @@ class DHRCLIPModel(nn.Module):
         self.config = config
         self.precision = precision
         self.clip = clip.eval().requires_grad_(False)
-        self.tiles = TileGrid(config.target_image_size, config.patch_image_size, config.tiles_per_side)
+        self.tiles = TileGrid.square(config.target_image_size, config.patch_image_size, config.tiles_per_side)
         self.vision = VisionEncoder(clip.visual, config.features_list, config.dpam)
         for name in ("image_size", "patch_image_size"):
             if getattr(config, name) < self.vision.patch_size:
@@ -70,26 +72,43 @@ class DHRCLIPModel(nn.Module):
         """uint8 (B, 3, T, T) canvas -> CLIP-normalised float."""
         return (canvas.float() / 255.0 - self.mean) / self.std
 
+    def grid(self, rows: int, cols: int) -> TileGrid:
+        """The rows × cols grid of P-pixel tiles on a rows·P × cols·P canvas (``grid="auto"``)."""
+        p = self.config.patch_image_size
+        return TileGrid(rows * p, cols * p, p, rows, cols)
+
     @torch.no_grad()
-    def encode_views(self, canvas: torch.Tensor) -> ViewFeatures:
+    def encode_views(self, canvas: torch.Tensor, tiles: TileGrid | None = None,
+                     placements: list[Placement] | None = None) -> ViewFeatures:
         """Encode the global view and all tiles of a batch of canvases.
 
-        All tiles of the batch go through one forward and all global views
-        through another; when S == P they share a single forward. The vision
-        tower runs under autocast at ``self.precision``.
+        ``tiles``: the batch's grid (default: the fixed T×T one). With
+        ``placements`` (one per image) the canvas outside each image's box is
+        padding: zero after normalisation, the CLIP mean colour. All tiles of the
+        batch go through one forward and all global views through another; when
+        they have one size they share a single forward. The vision tower runs
+        under autocast at ``self.precision``.
         """
+        tiles = tiles or self.tiles
+        if tuple(canvas.shape[-2:]) != tiles.size:
+            raise ValueError(f"canvas {tuple(canvas.shape[-2:])} does not match its grid {tiles.size}")
         images = self.normalize(canvas)
-        s = self.config.image_size
-        global_views = F.interpolate(images, size=(s, s), mode="bicubic", antialias=True, align_corners=False)
-        tiles = self.tiles.crop(images)
+        if placements is not None:
+            inside = torch.zeros_like(images[:, :1], dtype=torch.bool)
+            for i, placed in enumerate(placements):
+                inside[i, :, placed.box[0], placed.box[1]] = True
+            images = images * inside
+        size = global_view_size(*tiles.size, self.config.image_size, self.vision.patch_size)
+        global_views = F.interpolate(images, size=size, mode="bicubic", antialias=True, align_corners=False)
+        crops = tiles.crop(images)
         b = images.shape[0]
         with autocast(canvas.device, self.precision):
-            if global_views.shape[-1] == tiles.shape[-1]:
-                out = self.vision(torch.cat([global_views, tiles]))
+            if global_views.shape[-2:] == crops.shape[-2:]:
+                out = self.vision(torch.cat([global_views, crops]))
                 g_out = t_out = out
                 g_slice, t_slice = slice(0, b), slice(b, None)
             else:
-                g_out, t_out = self.vision(global_views), self.vision(tiles)
+                g_out, t_out = self.vision(global_views), self.vision(crops)
                 g_slice = t_slice = slice(None)
         return ViewFeatures(
             global_tokens=[t[g_slice] for t in g_out.tokens],
@@ -98,6 +117,8 @@ class DHRCLIPModel(nn.Module):
             tile_embedding=t_out.embedding[t_slice],
             global_grid=g_out.grid,
             tile_grid=t_out.grid,
+            tiles=tiles,
+            global_size=size,
         )
 
     def text_features(self, learned: tuple[torch.Tensor, list[torch.Tensor]] | None = None) -> torch.Tensor:
@@ -107,21 +128,22 @@ class DHRCLIPModel(nn.Module):
             return self.text(learned)
 
     def layer_maps(self, feats: ViewFeatures, text: torch.Tensor) -> list[torch.Tensor]:
-        """Combined (B, 2, T, T) probability map M for every tapped layer (docs/method.md §5 steps 1-4)."""
+        """Combined (B, 2, H, W) probability map M on the canvas for every tapped layer
+        (docs/method.md §5 steps 1-4)."""
         return [
             combine_views(token_probabilities(g, text, feats.global_grid),
-                          token_probabilities(t, text, feats.tile_grid), self.tiles, self.config.image_size,
+                          token_probabilities(t, text, feats.tile_grid), feats.tiles, feats.global_size,
                           self.config.alpha)
             for g, t in zip(feats.global_tokens, feats.tile_tokens)
         ]
 
     def anomaly_maps(self, feats: ViewFeatures, text: torch.Tensor) -> torch.Tensor:
-        """Raw (B, T, T) anomaly maps, before smoothing and normalisation."""
+        """Raw (B, H, W) anomaly maps on the canvas, before smoothing and normalisation."""
         return anomaly_score_map(self.layer_maps(feats, text))
 
     def image_logits(self, feats: ViewFeatures, text: torch.Tensor) -> torch.Tensor:
         """(B, 2) image-level logits (docs/method.md §6), before the temperature."""
-        return image_logits(feats.global_embedding, feats.tile_embedding, text, self.tiles, self.config.alpha)
+        return image_logits(feats.global_embedding, feats.tile_embedding, text, feats.tiles, self.config.alpha)
 
     @torch.no_grad()
     def forward(self, canvas: torch.Tensor, text: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,4 +155,16 @@ class DHRCLIPModel(nn.Module):
         text = self.text_features() if text is None else text
         feats = self.encode_views(canvas)
         maps = gaussian_blur(self.anomaly_maps(feats, text).float(), self.config.sigma)
+        return maps, image_scores(self.image_logits(feats, text))
+
+    @torch.no_grad()
+    def forward_placed(self, canvas: torch.Tensor, tiles: TileGrid, placements: list[Placement],
+                       text: torch.Tensor | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """``grid="auto"``: images placed on rows·P × cols·P canvases -> one smoothed float32 map per
+        image, cropped to its box before smoothing (so padding never reaches it), and (B,) scores."""
+        text = self.text_features() if text is None else text
+        feats = self.encode_views(canvas, tiles, placements)
+        raw = self.anomaly_maps(feats, text).float()
+        maps = [gaussian_blur(raw[i:i + 1, p.box[0], p.box[1]], self.config.sigma)[0]
+                for i, p in enumerate(placements)]
         return maps, image_scores(self.image_logits(feats, text))

@@ -52,7 +52,7 @@ from .visualize import ColorScale, prediction_figure, save_rgb
 
 log = logging.getLogger(__name__)
 
-CSV_FIELDS = ("path", "image_score", "map_max", "decision", "error")
+CSV_FIELDS = ("path", "image_score", "map_max", "decision", "rows", "cols", "error")
 OUTPUTS = ("predictions.csv", "predictions.json", "maps", "figures")  # what a run writes, besides threshold.json
 FEW_CALIBRATION_IMAGES = 10
 RANK_ROWS = "predictions.rank{}.csv"  # one process's rows under torchrun, merged at the end
@@ -83,14 +83,15 @@ def collect_images(spec: str, exclude: Path | None = None) -> tuple[list[Path], 
 
 
 def calibrate(model: DHRCLIP, spec: str, quantile: float, batch_size: int, num_workers: int | str = 0,
-              bit_depth: int | None = None, skip_errors: bool = True, exclude: Path | None = None) -> dict:
+              bit_depth: int | None = None, skip_errors: bool = True, exclude: Path | None = None,
+              grid: str = "auto", max_tiles: int = 9) -> dict:
     """Thresholds from known-good images (see the module docstring for the rule), with the
     settings and checkpoint they hold for."""
     files, _ = collect_images(spec, exclude)
     mine = world().shard(len(files), batch_size)
     scores, maxima = [], []
     for i, result in iter_predictions(model.model, files[mine.start:mine.stop], batch_size, num_workers,
-                                      "calibrating", bit_depth, skip_errors):
+                                      "calibrating", bit_depth, skip_errors, grid, max_tiles):
         if isinstance(result, str):
             log.warning("calibration skips %s: %s", files[mine.start + i], result)
             continue
@@ -113,6 +114,7 @@ def calibrate(model: DHRCLIP, spec: str, quantile: float, batch_size: int, num_w
         "checkpoint": str(model.checkpoint) if model.checkpoint else None,
         "checkpoint_fingerprint": fingerprint(model.checkpoint) if model.checkpoint else None,
         "config": model.config.to_dict(),
+        "grid": {"mode": grid, "max_tiles": max_tiles},
     }
 
 
@@ -138,6 +140,18 @@ def check_threshold_file(saved: dict, model: DHRCLIP, path: Path) -> None:
                         f"{model.checkpoint}; recalibrate with calibrate_on", field="threshold_file")
 
 
+def _check_threshold_grid(saved: dict, config: PredictConfig) -> None:
+    """Thresholds hold for the grid they were calibrated with: a map seen through other tiles
+    has other values."""
+    recorded = saved.get("grid")
+    if recorded is None:  # calibrated before grids were recorded: on the fixed canvas
+        recorded = {"mode": "fixed", "max_tiles": config.max_tiles}
+    if recorded.get("mode") != config.grid or (config.grid == "auto" and recorded.get("max_tiles") != config.max_tiles):
+        raise UserError(f"{config.threshold_file} was calibrated with grid {recorded.get('mode')} (max_tiles "
+                        f"{recorded.get('max_tiles')}), and this run uses grid {config.grid} (max_tiles "
+                        f"{config.max_tiles}); use the same grid or recalibrate with calibrate_on", field="grid")
+
+
 def resolve_thresholds(model: DHRCLIP, config: PredictConfig) -> tuple[float | None, float | None]:
     """Image and pixel thresholds from the settings, a threshold file, or calibration (saved to threshold.json)."""
     image_t, pixel_t = None, None
@@ -149,9 +163,11 @@ def resolve_thresholds(model: DHRCLIP, config: PredictConfig) -> tuple[float | N
             raise UserError(f"threshold_file {config.threshold_file} is not a threshold.json ({exc})",
                             field="threshold_file") from exc
         check_threshold_file(saved, model, config.threshold_file)
+        _check_threshold_grid(saved, config)
     if config.calibrate_on is not None:
         found = calibrate(model, config.calibrate_on, config.calibrate_quantile, config.batch_size,
-                          config.num_workers, config.bit_depth, config.on_error == "skip", config.save_path)
+                          config.num_workers, config.bit_depth, config.on_error == "skip", config.save_path,
+                          config.grid, config.max_tiles)
         if world().is_main:
             save_json(config.save_path / "threshold.json", found)
         log.info("calibrated on %d good images: image threshold %.4f, pixel threshold %.4f (saved to %s)",
@@ -210,17 +226,20 @@ def predict(model: DHRCLIP, config: PredictConfig) -> list[dict]:
         writer.writeheader()
         for k, result in iter_predictions(model.model, files[mine.start:mine.stop], config.batch_size,
                                           config.num_workers, bit_depth=config.bit_depth,
-                                          skip_errors=config.on_error == "skip"):
+                                          skip_errors=config.on_error == "skip", grid=config.grid,
+                                          max_tiles=config.max_tiles):
             source = files[mine.start + k]
             if isinstance(result, str):
                 log.warning("skipped %s: %s", source, result)
-                row = {"path": str(source), "image_score": None, "map_max": None, "decision": "", "error": result}
+                row = {"path": str(source), "image_score": None, "map_max": None, "decision": "", "rows": None,
+                       "cols": None, "error": result}
             else:
                 amap = result.anomaly_map
                 np.save(_ensure_parent(out / "maps" / _map_name(source, base)), amap.astype(np.float16))
                 low, high = min(low, float(amap.min())), max(high, result.map_max)
                 row = {"path": str(source), "image_score": result.score, "map_max": result.map_max,
-                       "decision": decide(result.score, result.map_max, image_t, pixel_t), "error": ""}
+                       "decision": decide(result.score, result.map_max, image_t, pixel_t), "rows": result.grid[0],
+                       "cols": result.grid[1], "error": ""}
             writer.writerow(row)
             handle.flush()
             rows.append((mine.start + k, row))

@@ -25,14 +25,15 @@ from tqdm import tqdm
 
 from .checkpoint import Checkpoint, latest_checkpoint, load_prompts, read_checkpoint, save_checkpoint
 from .config import ModelConfig, TrainConfig, check_resumable
-from .data import CanvasDataset, has_masks, read_meta, worker_count
+from .data import AutoGrid, CanvasDataset, Item, collate, has_masks, image_shape, read_meta, worker_count
 from .detector import DHRCLIP, check_backbone
 from .distributed import barrier, sum_across, world
 from .errors import UserError
-from .feature_cache import FeatureCache
+from .feature_cache import GroupedFeatureCache
 from .losses import image_loss, segmentation_loss
 from .model import DHRCLIPModel, ViewFeatures
 from .runtime import seed_everything
+from .tiling import Placement, choose_grid
 
 log = logging.getLogger(__name__)
 
@@ -86,10 +87,13 @@ def train(config: TrainConfig, model: ModelConfig | DHRCLIP | None = None) -> li
         log.info("resuming from %s at epoch %d", resume.path, start_epoch)
 
     owned = here.shard(len(items))
-    dataset = CanvasDataset(items[owned.start:owned.stop], net.config.target_image_size, bit_depth=config.bit_depth)
+    groups = _grid_groups(items, net.config.patch_image_size, config)
+    canvas = (AutoGrid(net.config.patch_image_size, config.max_tiles) if config.grid == "auto"
+              else net.config.target_image_size)
+    dataset = CanvasDataset(items[owned.start:owned.stop], canvas, bit_depth=config.bit_depth)
     cache_folder = save_path / "feature_cache" / (f"rank{here.rank}" if here.size > 1 else "")
-    cache = None if config.feature_cache == "off" else FeatureCache(config.feature_cache, len(dataset), device,
-                                                                    cache_folder)
+    cache = None if config.feature_cache == "off" else GroupedFeatureCache(
+        config.feature_cache, groups[owned.start:owned.stop], device, cache_folder)
     prompts = net.prompt_learner if here.size == 1 else DistributedDataParallel(
         net.prompt_learner, device_ids=[device] if device.type == "cuda" else None)
     history: list[dict] = []
@@ -98,7 +102,8 @@ def train(config: TrainConfig, model: ModelConfig | DHRCLIP | None = None) -> li
     try:
         for epoch in range(start_epoch, config.epochs + 1):
             started = time.perf_counter()
-            batches = _local_batches(torch.randperm(len(items), generator=generator), config.batch_size, owned)
+            batches = _local_batches(torch.randperm(len(items), generator=generator), config.batch_size, owned,
+                                     groups)
             net.train()
             total = torch.zeros(1, dtype=torch.float64)
             for step, ((local, size), loaded) in enumerate(
@@ -162,17 +167,43 @@ def _resume_point(folder: Path | None) -> Checkpoint | None:
     return state
 
 
-def _local_batches(order: torch.Tensor, batch_size: int, owned: range) -> list[tuple[torch.Tensor, int]]:
+def _grid_groups(items: list[Item], tile: int, config: TrainConfig) -> list[int]:
+    """Each image's group: images of one group share a canvas (with ``grid="auto"``, a tile grid
+    read from the image headers; one group on the fixed canvas)."""
+    if config.grid == "fixed":
+        return [0] * len(items)
+    grids = [choose_grid(*image_shape(item.image), tile, config.max_tiles) for item in items]
+    names = {g: k for k, g in enumerate(sorted(set(grids)))}
+    log.info("grid auto: %s", ", ".join(f"{grids.count(g)} images on {g[0]}x{g[1]} tiles" for g in names))
+    return [names[g] for g in grids]
+
+
+def _global_batches(order: torch.Tensor, batch_size: int, groups: list[int]) -> list[torch.Tensor]:
+    """``order`` cut into batches of ``batch_size`` images of one group: each group's images in
+    their order in ``order``, batches ranked by where their first image falls in it. With one
+    group this is ``order.split(batch_size)``."""
+    if len(set(groups)) <= 1:
+        return list(order.split(batch_size))
+    group = torch.tensor(groups)[order]
+    batches = [chunk for g in group.unique() for chunk in order[group == g].split(batch_size)]
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(len(order))
+    return sorted(batches, key=lambda b: int(rank[b[0]]))
+
+
+def _local_batches(order: torch.Tensor, batch_size: int, owned: range,
+                   groups: list[int]) -> list[tuple[torch.Tensor, int]]:
     """The global batches of ``order`` (as one process draws them), each as the positions of its
     images in this rank's shard ``owned`` and the global batch's size."""
     batches = []
-    for batch in order.split(batch_size):
+    for batch in _global_batches(order, batch_size, groups):
         mine = batch[(batch >= owned.start) & (batch < owned.stop)] - owned.start
         batches.append((mine, len(batch)))
     return batches
 
 
-def _batches(model: DHRCLIPModel, dataset: CanvasDataset, batches: list[torch.Tensor], cache: FeatureCache | None,
+def _batches(model: DHRCLIPModel, dataset: CanvasDataset, batches: list[torch.Tensor],
+             cache: GroupedFeatureCache | None,
              num_workers: int | str) -> Iterator[tuple[ViewFeatures, torch.Tensor, torch.Tensor] | None]:
     """Yield (view features, masks, labels) per batch, from the cache once it is full; None for
     an empty batch."""
@@ -183,7 +214,7 @@ def _batches(model: DHRCLIPModel, dataset: CanvasDataset, batches: list[torch.Te
         return
     filled = [indices for indices in batches if len(indices)]
     loader = iter(DataLoader(dataset, batch_sampler=filled, num_workers=worker_count(num_workers, len(dataset)),
-                             pin_memory=device.type == "cuda", persistent_workers=False))
+                             pin_memory=device.type == "cuda", persistent_workers=False, collate_fn=collate))
     for indices in batches:
         if not len(indices):
             yield None
@@ -192,7 +223,11 @@ def _batches(model: DHRCLIPModel, dataset: CanvasDataset, batches: list[torch.Te
         images = batch["image"].to(device, non_blocking=True)
         masks = batch["mask"].to(device, non_blocking=True)
         labels = batch["label"].to(device, non_blocking=True)
-        feats = model.encode_views(images)
+        if "placement" in batch:
+            placements = [Placement(*(int(v) for v in row)) for row in batch["placement"]]
+            feats = model.encode_views(images, model.grid(placements[0].rows, placements[0].cols), placements)
+        else:
+            feats = model.encode_views(images)
         if cache is not None:
-            cache.store(indices, feats, masks, labels, model.tiles.count)
+            cache.store(indices, feats, masks, labels, feats.tiles.count)
         yield feats, masks, labels

@@ -5,6 +5,7 @@ import torch
 from dhrclip import feature_cache
 from dhrclip.feature_cache import FeatureCache
 from dhrclip.model import ViewFeatures
+from dhrclip.tiling import TileGrid
 
 
 def batch(b, tiles=4, seed=0):
@@ -14,7 +15,7 @@ def batch(b, tiles=4, seed=0):
         tile_tokens=[torch.randn(b * tiles, 3, 8, generator=g) for _ in range(2)],
         global_embedding=torch.randn(b, 8, generator=g),
         tile_embedding=torch.randn(b * tiles, 8, generator=g),
-        global_grid=(2, 2), tile_grid=(1, 2))
+        global_grid=(2, 2), tile_grid=(1, 2), tiles=TileGrid.square(6, 3), global_size=(4, 4))
     return feats, torch.rand(b, 6, 6, generator=g) > 0.5, torch.arange(b) % 2
 
 

@@ -22,7 +22,7 @@ def test_minmax_per_image_and_constant_map():
 
 
 def test_combine_views_mixes_global_and_stitched_tiles():
-    grid = TileGrid(8, 4)
+    grid = TileGrid.square(8, 4)
     g = torch.zeros(1, 2, 2, 2)
     g[:, 1] = 1.0                      # global view says anomalous everywhere
     t = torch.zeros(4, 2, 1, 1)
@@ -34,7 +34,7 @@ def test_combine_views_mixes_global_and_stitched_tiles():
 
 
 def test_image_score_normalises_every_view_by_hand():
-    grid = TileGrid(4, 2)
+    grid = TileGrid.square(4, 2)
     text = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     glob = torch.tensor([[3.0, 4.0]])                         # normalised: (0.6, 0.8)
     tiles = torch.tensor([[10.0, 0.0], [0.0, 5.0], [1.0, 1.0], [0.0, 2.0]])
@@ -64,7 +64,7 @@ def bilinear(image, size):
 
 def test_global_map_is_upsampled_in_two_steps_grid_to_s_to_t():
     rng = np.random.default_rng(0)
-    grid = TileGrid(20, 12)
+    grid = TileGrid.square(20, 12)
     g = torch.tensor(rng.random((1, 2, 3, 3)), dtype=torch.float64)
     t = torch.zeros(4, 2, 2, 2, dtype=torch.float64)
     got = combine_views(g, t, grid, global_size=7, alpha=1.0)[0, 1].numpy()

@@ -54,7 +54,8 @@ def test_predict_writes_a_figure_a_map_and_a_row_per_image(tmp_path, clip_file, 
         assert figure is not None and figure.shape[1] >= 2 * min(shape)
     with open(tmp_path / "out" / "predictions.csv") as handle:
         table = list(csv.DictReader(handle))
-    assert len(table) == len(shapes) and set(table[0]) == {"path", "image_score", "map_max", "decision", "error"}
+    assert len(table) == len(shapes)
+    assert set(table[0]) == {"path", "image_score", "map_max", "decision", "rows", "cols", "error"}
     assert all(row["decision"] == "" for row in table)  # no threshold given
     saved = json.loads((tmp_path / "out" / "predictions.json").read_text())
     assert len(saved["predictions"]) == len(shapes)
