@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from .config import (AUPRO_MODES, DEFAULT_MODEL, FEATURE_CACHE_MODES, FIGURE_SCALES, GRID_MODES, MAP_NORMS,
-                     METRIC_LEVELS, ON_ERROR, PRECISIONS, EvalConfig, ModelConfig, PredictConfig, ResolvedConfig, TrainConfig,
-                     resolve_model_config)
+                     METRIC_LEVELS, ON_ERROR, PRECISIONS, EvalConfig, ModelConfig, PredictConfig, ResolvedConfig,
+                     TrainConfig, resolve_model_config)
 from .errors import UserError
 
 log = logging.getLogger("dhrclip")

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from .errors import UserError
+
 log = logging.getLogger(__name__)
 
 
@@ -51,6 +53,11 @@ def launched_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def processes_on_this_machine() -> int:
+    """How many of the job's processes share this machine's memory (torchrun's local world)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if world().size > 1 else 1
+
+
 def start(device: str) -> str:
     """Join ``torchrun``'s process group (NCCL for CUDA, gloo otherwise) and return the device
     this process uses: with ``auto`` or ``cuda``, the GPU of its local rank. Without torchrun,
@@ -58,6 +65,10 @@ def start(device: str) -> str:
     if launched_size() <= 1 or (dist.is_available() and dist.is_initialized()):
         return device
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.startswith("cuda:"):
+        raise UserError(f"device {device} would put every process on one GPU; under torchrun use device cuda "
+                        f"(or auto): each process takes the GPU of its local rank (set CUDA_VISIBLE_DEVICES to "
+                        f"choose which GPUs)", field="device")
     use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     if use_cuda and device in ("auto", "cuda"):
         device = f"cuda:{local_rank}"

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from .config import EvalConfig
 from .data import AutoGrid, CanvasDataset, Item, read_meta
 from .detector import DHRCLIP
-from .distributed import gather_all, gather_to_main, sum_across, world
+from .distributed import barrier, extreme_across, gather_all, gather_to_main, sum_across, world
 from .errors import UserError
 from .files import save_json
 from .inference import iter_batches
@@ -91,7 +91,10 @@ class FigureSpool:
     def __init__(self, folder: Path, rank: int) -> None:
         self.folder = folder
         self.scratch = folder / f".maps-{rank}"
-        shutil.rmtree(self.scratch, ignore_errors=True)
+        if world().is_main:  # an interrupted run's scratch maps, whatever its number of processes
+            for old in folder.glob(".maps-*"):
+                shutil.rmtree(old, ignore_errors=True)
+        barrier()
         self.scratch.mkdir(parents=True)
         self.written: list[int] = []
 
@@ -157,8 +160,8 @@ def metrics_by_class(model: DHRCLIP, by_class: dict[str, list[Item]], config: Ev
     """Metrics of every class, from one pass of batched inference over this process's shard of
     the items. Each batch is added to its classes' accumulators on the device, so only
     histograms leave it; the accumulators of all processes are summed at the end. Pixel
-    metrics for ``pixel_classes``. Returns the metrics (on every rank) and the seconds spent
-    on them."""
+    metrics for ``pixel_classes``. Returns the metrics (on every rank; legacy AUPRO on rank 0
+    only) and the seconds spent on them."""
     here = world()
     names = list(by_class)
     starts = np.cumsum([0] + [len(by_class[c]) for c in names])
@@ -207,6 +210,7 @@ def metrics_by_class(model: DHRCLIP, by_class: dict[str, list[Item]], config: Ev
                     spool.add(positions[rows], batch.maps[on_device], batch.scores[rows], batch.sizes[rows],
                               batch.masks[on_device] if with_masks else None)
         metrics_s += time.perf_counter() - began
+    barrier()  # waiting for the other processes' inference is inference time
 
     began = time.perf_counter()
     pixel_names = [c for c in names if states[c].pixel is not None]
@@ -270,7 +274,9 @@ def evaluate(model: DHRCLIP, config: EvalConfig) -> dict:
              config.data_path, len(items), len(by_class), model.device, str(model.precision).removeprefix("torch."))
     started = time.perf_counter()
     per_class, metrics_s = metrics_by_class(model, by_class, config, pixel_classes, want_image)
-    inference_s = time.perf_counter() - started - metrics_s
+    # the job's time is its slowest process's
+    inference_s = extreme_across(time.perf_counter() - started - metrics_s, largest=True)
+    metrics_s = extreme_across(metrics_s, largest=True)
     mean = mean_metrics(per_class)
 
     names = [n for n in METRIC_NAMES

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from .config import FEATURE_CACHE_MODES
+from .distributed import processes_on_this_machine
 from .errors import UserError
 from .model import ViewFeatures
 
@@ -78,7 +79,8 @@ class FeatureCache:
         on_gpu = self.device.type == "cuda"
         if on_gpu and need < _FREE_FRACTION * torch.cuda.mem_get_info(self.device)[0]:
             return "device"
-        if self.mode == "memory" or need < _FREE_FRACTION * _host_bytes_available():
+        # every process of the job on this machine fills its own cache from the same free memory
+        if self.mode == "memory" or need * processes_on_this_machine() < _FREE_FRACTION * _host_bytes_available():
             return "host"
         return "disk"
 

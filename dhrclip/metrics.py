@@ -22,6 +22,8 @@ import torch
 from skimage.measure import label as label_regions
 from sklearn.metrics import auc as sklearn_auc
 
+from .errors import UserError
+
 FLOAT16_BINS = 65536
 PRO_FRACTION_BITS = 42
 _PRO_ONE = 1 << PRO_FRACTION_BITS
@@ -44,13 +46,6 @@ def float16_keys(maps: torch.Tensor) -> torch.Tensor:
     bits = maps.to(torch.float16).view(torch.int16).to(torch.int64) & 0xFFFF
     keys = torch.where(bits >= 0x8000, 0xFFFF - bits, bits | 0x8000)
     return keys.masked_fill_(keys == _NEG_ZERO_KEY, _POS_ZERO_KEY)
-
-
-def key_values(keys: np.ndarray) -> np.ndarray:
-    """The float16 scores of ``float16_keys``' keys (the inverse mapping)."""
-    keys = np.asarray(keys, dtype=np.uint16)
-    bits = np.where(keys & 0x8000, keys & 0x7FFF, ~keys).astype(np.uint16)
-    return bits.view(np.float16)
 
 
 def _check_finite(maps: np.ndarray | torch.Tensor) -> None:
@@ -94,12 +89,16 @@ class PixelAccumulator:
     def update(self, maps: torch.Tensor, masks: torch.Tensor, sizes: torch.Tensor | None = None,
                regions: int | None = None) -> PixelAccumulator:
         """Add a batch: maps (B, H, W) of any float dtype (scored as float16), bool masks of the
-        same shape, and the masks' ``region_sizes`` with their region count (computed here
-        from the masks when not given). Images may differ in size between calls."""
+        same shape, and the masks' ``region_sizes`` with their region count, both or neither
+        (computed here from the masks when not given). Images may differ in size between calls."""
+        if (sizes is None) != (regions is None):
+            raise ValueError("give the region sizes together with their region count, or neither")
         maps = torch.as_tensor(maps, device=self.state.device)
         masks = torch.as_tensor(masks, device=self.state.device).to(torch.bool)
         if masks.shape != maps.shape:
             raise ValueError(f"masks {tuple(masks.shape)} and maps {tuple(maps.shape)} differ in shape")
+        if not maps.numel():
+            return self
         _check_finite(maps)
         if sizes is None:
             found = [region_sizes(m) for m in masks.cpu().numpy().reshape(-1, *masks.shape[-2:])]
@@ -116,25 +115,21 @@ class PixelAccumulator:
                 raise ValueError("region sizes must be positive on every anomalous pixel")
             self.pro.index_add_(0, anomalous, (_PRO_ONE + size // 2) // size)
             self.state[-1] += int(regions)
-            if self.regions > MAX_REGIONS:
-                raise ValueError(f"more than {MAX_REGIONS:,} defect regions in one class: AUPRO's exact sums "
-                                 f"would overflow; split the class")
+            self._check_regions()
         return self
+
+    def _check_regions(self) -> None:
+        if self.regions > MAX_REGIONS:
+            raise UserError(f"more than {MAX_REGIONS:,} defect regions in one class: AUPRO's exact sums would "
+                            f"overflow; split the class into smaller ones")
 
     def merge(self, other: PixelAccumulator) -> PixelAccumulator:
         self.state += other.state.to(self.state.device)
         return self
 
-    def value_range(self) -> tuple[float, float] | None:
-        """The lowest and highest float16 score seen, or None before any pixel."""
-        used = torch.nonzero(self.total).flatten()
-        if not len(used):
-            return None
-        low, high = key_values(np.array([int(used[0]), int(used[-1])]))
-        return float(low), float(high)
-
     def compute(self, fpr_limit: float = 0.3) -> dict[str, float | None]:
         """Pixel AUROC, AUPRO (to ``fpr_limit``), F1-max and AP; None where undefined."""
+        self._check_regions()  # also after merging, where the counts of several shards add up
         state = self.state.cpu().numpy()
         total, pos, pro = (state[k * FLOAT16_BINS:(k + 1) * FLOAT16_BINS] for k in range(3))
         used = np.flatnonzero(total)[::-1]

@@ -215,8 +215,8 @@ def predict(model: DHRCLIP, config: PredictConfig) -> list[dict]:
     image_t, pixel_t = resolve_thresholds(model, config)  # before clearing: the threshold file may be in `out`
     if here.is_main:
         _remove(out, [name for name in previous if name != "threshold.json"])  # a calibration just replaced it
-        out.mkdir(parents=True, exist_ok=True)
     barrier()
+    out.mkdir(parents=True, exist_ok=True)  # on every machine of the job
 
     mine = here.shard(len(files), config.batch_size)
     rows: list[tuple[int, dict]] = []

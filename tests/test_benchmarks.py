@@ -43,3 +43,16 @@ def test_scaleout_benchmark_runs_under_torchrun():
     runs = [json.loads(line) for line in out.strip().splitlines()]
     assert [(r["command"], r["processes"]) for r in runs] == [("train.py", 2), ("test.py", 2)]
     assert runs[1]["images"] == 8 and runs[1]["inference_images_per_s"] > 0
+
+
+def test_grid_benchmark_and_figure_run(tmp_path):
+    out = subprocess.run([sys.executable, "scripts/bench_grid.py", "--images", "1", "--batch_size", "2",
+                          "--num_workers", "0", "--device", "cpu"], cwd=ROOT, check=True, capture_output=True,
+                         text=True).stdout
+    runs = [json.loads(line) for line in out.strip().splitlines()]
+    assert [r["grid"] for r in runs] == ["fixed", "auto"]
+    assert runs[0]["tiles"] == 4 * 4 and runs[1]["tiles"] == 8 + 8 + 6 + 4  # the grids of the four shapes
+    subprocess.run([sys.executable, "scripts/grid_figure.py", "--output", str(tmp_path / "grid.png")], cwd=ROOT,
+                   check=True)
+    import cv2
+    assert cv2.imread(str(tmp_path / "grid.png")).shape[1] == 1200

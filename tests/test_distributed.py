@@ -143,3 +143,24 @@ def _collectives(rank: int, size: int, folder: str) -> None:
 def test_collectives_under_gloo(tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(ROOT / "tests"))  # the spawned processes import this module
     mp.spawn(_collectives, args=(2, str(tmp_path)), nprocs=2, join=True)
+
+
+def test_a_numbered_gpu_is_refused_under_torchrun(monkeypatch):
+    from dhrclip.distributed import start
+    from dhrclip.errors import UserError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(UserError, match="one GPU") as info:
+        start("cuda:1")
+    assert info.value.field == "device"
+
+
+def test_feature_caches_of_the_processes_on_one_machine_share_its_memory(tmp_path, monkeypatch):
+    from dhrclip import feature_cache
+
+    cache = feature_cache.FeatureCache("auto", 10, torch.device("cpu"), tmp_path)
+    monkeypatch.setattr(feature_cache, "_host_bytes_available", lambda: 10_000)
+    assert cache._choose(4_000) == "host"  # alone: 4 kB of 10 kB free
+    monkeypatch.setattr(feature_cache, "processes_on_this_machine", lambda: 4)
+    assert cache._choose(4_000) == "disk"  # four processes would need 16 kB

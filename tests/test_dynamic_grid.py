@@ -58,7 +58,7 @@ def test_auto_tests_in_batches_at_each_images_own_size(painted, tmp_path):
     common = dict(data_path=data, batch_size=4, num_workers=0)
     fixed = evaluate(model, EvalConfig(save_path=tmp_path / "fixed", **common))
     auto = evaluate(model, EvalConfig(save_path=tmp_path / "auto", grid="auto", vis=True, **common))
-    assert fixed["mean"]["pixel_auroc"] > 0.8  # the checkpoint does see the defects
+    assert fixed["mean"]["pixel_auroc"] > 0.75  # the checkpoint does see the defects (81 measured)
     assert auto["mean"]["pixel_auroc"] >= fixed["mean"]["pixel_auroc"] - 0.005
     assert auto["test_config"]["grid"] == "auto"
     figures = list((tmp_path / "auto" / "vis").rglob("*.png"))

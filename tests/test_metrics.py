@@ -48,16 +48,7 @@ def brute_aupro(masks, maps, limit=0.3):
         pred = maps >= t
         fpr.append((pred & normal).sum() / normal.sum())
         pro.append(np.mean([np.mean([pred[i][y, x] for y, x in r]) for i, r in regions]))
-    area = 0.0
-    for k in range(1, len(fpr)):
-        x0, x1, y0, y1 = fpr[k - 1], fpr[k], pro[k - 1], pro[k]
-        if x0 >= limit:
-            break
-        if x1 > limit:
-            y1 = y0 + (y1 - y0) * (limit - x0) / (x1 - x0)
-            x1 = limit
-        area += (x1 - x0) * (y0 + y1) / 2
-    return area / limit
+    return brute_area(fpr, pro, limit)
 
 
 def brute_f1max(y, s):
@@ -255,7 +246,7 @@ def test_accumulator_is_invariant_to_batch_and_shard_boundaries():
 def test_region_sizes_and_float16_keys_round_trip():
     import torch
 
-    from dhrclip.metrics import float16_keys, key_values, region_sizes
+    from dhrclip.metrics import float16_keys, region_sizes
 
     mask = np.zeros((5, 6), bool)
     mask[0, 0] = True                 # size 1
@@ -265,5 +256,18 @@ def test_region_sizes_and_float16_keys_round_trip():
     assert count == 2 and sizes[0, 0] == 1 and sizes[4, 4] == 5 and sizes[2, 2] == 5 and sizes[1, 1] == 0
     values = np.array([-3.5, -0.0, 0.0, 1e-7, 0.25, 60000.0], np.float16)
     keys = float16_keys(torch.from_numpy(values)).numpy()
-    assert (np.diff(keys) >= 0).all() and keys[1] == keys[2]
-    assert np.array_equal(key_values(keys)[[0, 3, 4, 5]], values[[0, 3, 4, 5]])
+    assert (np.diff(keys) >= 0).all() and keys[1] == keys[2]  # numeric order; -0.0 and +0.0 one key
+    assert len(set(keys.tolist())) == len(values) - 1
+
+
+def test_accumulator_takes_region_sizes_with_their_count_and_empty_batches():
+    import torch
+
+    from dhrclip.metrics import PixelAccumulator, region_sizes
+
+    masks, maps = random_case(10, n=2)
+    sizes = torch.from_numpy(np.stack([region_sizes(m)[0] for m in masks]))
+    with pytest.raises(ValueError, match="together"):
+        PixelAccumulator().update(torch.from_numpy(maps), torch.from_numpy(masks), sizes)
+    acc = PixelAccumulator().update(torch.zeros(0, 5, 5), torch.zeros(0, 5, 5, dtype=torch.bool))
+    assert int(acc.state.sum()) == 0
