@@ -107,8 +107,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, from_checkpoint: bool) 
 def add_grid_arguments(parser: argparse.ArgumentParser, default: str) -> None:
     g = parser.add_argument_group("dynamic resolution")
     g.add_argument("--grid", choices=GRID_MODES, default=default,
-                   help="fixed: every image squashed to the T×T canvas and cut into g×g tiles (the published method); "
-                        "auto: each image gets its own grid of P-pixel tiles at its own aspect ratio")
+                   help="fixed: every image squashed to the T×T canvas and cut into g×g tiles (the published "
+                        "method); auto: each image gets its own grid of P-pixel tiles at its own aspect ratio")
     g.add_argument("--max_tiles", type=int, default=9, help="with --grid auto: at most this many tiles per image")
 
 
@@ -153,6 +153,11 @@ def evaluation_parser() -> argparse.ArgumentParser:
                    help="exact MVTec AUPRO, or the reference's 200-threshold value for comparing with its tables "
                         "(legacy keeps each class's maps in host memory; exact keeps only histograms)")
     p.add_argument("--vis", action="store_true", help="write per-image figures with the ground truth")
+    p.add_argument("--k_shot", type=int, default=0,
+                   help="few-shot: a reference bank of K good images per class from the train split of meta.json, "
+                        "drawn with --seed (0: zero-shot)")
+    p.add_argument("--k_shot_runs", type=int, default=1,
+                   help="few-shot draws (seeds --seed, --seed+1, ...), reported as mean ± std")
     add_grid_arguments(p, "fixed")
     add_model_arguments(p, from_checkpoint=True)
     return p
@@ -179,6 +184,11 @@ def prediction_parser() -> argparse.ArgumentParser:
     p.add_argument("--figure_scale", choices=FIGURE_SCALES, default="run",
                    help="heatmap colours: one scale for the whole run, or one per image; either is widened to "
                         "put the pixel threshold in the middle when there is one")
+    p.add_argument("--reference", default=None,
+                   help="few-shot: good images of the part (folder, glob or file), or a bank saved with "
+                        "--save_reference (.safetensors); their nearest-neighbour map is added to the zero-shot one")
+    p.add_argument("--save_reference", type=path_arg, default=None,
+                   help="save the bank built from --reference images to this .safetensors file")
     add_grid_arguments(p, "auto")
     add_model_arguments(p, from_checkpoint=True)
     return p
@@ -256,7 +266,7 @@ def _test(args: argparse.Namespace) -> None:
         data_path=_data_path(args, args.data_path), save_path=args.save_path, dataset=args.dataset,
         classes=args.classes, metrics=args.metrics, map_norm=args.map_norm, aupro=args.aupro, vis=args.vis,
         batch_size=args.batch_size, num_workers=args.num_workers, bit_depth=args.bit_depth, seed=args.seed,
-        grid=args.grid, max_tiles=args.max_tiles)
+        grid=args.grid, max_tiles=args.max_tiles, k_shot=args.k_shot, k_shot_runs=args.k_shot_runs)
     if not args.print_config:
         read_meta(config.data_path, "test", config.classes)  # a wrong dataset fails before the model loads
     model = _load_detector(args)
@@ -272,7 +282,8 @@ def _predict(args: argparse.Namespace) -> None:
         threshold_file=args.threshold_file, calibrate_on=args.calibrate_on,
         calibrate_quantile=args.calibrate_quantile, on_error=args.on_error, overwrite=args.overwrite,
         figure_scale=args.figure_scale, batch_size=args.batch_size, num_workers=args.num_workers,
-        bit_depth=args.bit_depth, seed=args.seed, grid=args.grid, max_tiles=args.max_tiles)
+        bit_depth=args.bit_depth, seed=args.seed, grid=args.grid, max_tiles=args.max_tiles, reference=args.reference,
+        save_reference=args.save_reference)
     if not args.print_config:  # a wrong input or output folder fails before the model loads
         collect_images(config.input, exclude=config.save_path)
         check_save_path(config)

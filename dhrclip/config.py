@@ -239,6 +239,11 @@ def _choice(config: object, name: str, choices: tuple[str, ...]) -> None:
                                                      f"got {getattr(config, name)!r}")
 
 
+def is_bank_file(reference: str | Path) -> bool:
+    """A reference given as a saved bank rather than as images."""
+    return str(reference).endswith(".safetensors")
+
+
 @dataclass
 class TrainConfig:
     """Settings of a training run (the model's own settings are a ``ModelConfig``)."""
@@ -293,10 +298,14 @@ class EvalConfig:
     seed: int = 111
     grid: str = "fixed"                 # "fixed": the T×T canvas; "auto": a tile grid per image
     max_tiles: int = 9                  # with grid "auto": at most this many tiles
+    k_shot: int = 0                     # few-shot: good train images per class in the reference bank; 0: zero-shot
+    k_shot_runs: int = 1                # few-shot draws (seeds seed, seed+1, ...), reported as mean ± std
 
     def __post_init__(self) -> None:
         self.data_path, self.save_path = Path(self.data_path), Path(self.save_path)
         _run_checks(self)
+        _require(self.k_shot >= 0, "k_shot", f"must be 0 (zero-shot) or a number of images, got {self.k_shot}")
+        _positive(self, "k_shot_runs")
         _choice(self, "metrics", METRIC_LEVELS)
         _choice(self, "map_norm", MAP_NORMS)
         _choice(self, "aupro", AUPRO_MODES)
@@ -325,11 +334,18 @@ class PredictConfig:
     seed: int = 111
     grid: str = "auto"                  # "fixed": the T×T canvas; "auto": a tile grid per image
     max_tiles: int = 9                  # with grid "auto": at most this many tiles
+    reference: str | None = None        # few-shot: good images (file, folder, glob) or a saved bank (.safetensors)
+    save_reference: Path | None = None  # where to save the bank built from reference images
 
     def __post_init__(self) -> None:
         self.save_path = Path(self.save_path)
+        self.save_reference = Path(self.save_reference) if self.save_reference is not None else None
         _run_checks(self)
         _choice(self, "on_error", ON_ERROR)
+        _require(self.save_reference is None or (self.reference is not None and not is_bank_file(self.reference)),
+                 "save_reference", "needs reference images to build the bank from (a folder, a glob or image files)")
+        _require(self.save_reference is None or self.save_reference.suffix == ".safetensors", "save_reference",
+                 f"must name a .safetensors file, got {self.save_reference}")
         _choice(self, "figure_scale", FIGURE_SCALES)
         _require(0.0 < self.calibrate_quantile <= 1.0, "calibrate_quantile",
                  f"must be in (0, 1], got {self.calibrate_quantile}")

@@ -6,6 +6,7 @@ checkpoint with the settings it was trained with.
 """
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -15,11 +16,12 @@ import torch
 
 from .backbone import is_weights_path, load_clip, uses_quick_gelu
 from .checkpoint import Checkpoint, load_prompts, read_checkpoint
-from .config import DERIVED_FIELDS, GRID_MODES, ModelConfig, ResolvedConfig, resolve_model_config
-from .data import ImageSource
+from .config import DERIVED_FIELDS, GRID_MODES, ModelConfig, ResolvedConfig, is_bank_file, resolve_model_config
+from .data import ImageDataset, ImageSource
 from .errors import UserError
 from .files import fingerprint
-from .inference import Prediction, iter_predictions
+from .fewshot import ReferenceBank
+from .inference import Prediction, build_reference, canvas_for, iter_predictions
 from .model import DHRCLIPModel
 from .runtime import resolve_device, resolve_precision
 
@@ -116,6 +118,34 @@ class DHRCLIP:
                                               max_tiles=max_tiles):
             results[i] = prediction
         return results[0] if single else results
+
+    @property
+    def reference(self) -> ReferenceBank | None:
+        """The few-shot bank whose map is added to the zero-shot one, if any."""
+        return self.model.reference
+
+    def with_reference(self, reference: ReferenceBank | str | Path | list[ImageSource], grid: str = "auto",
+                       max_tiles: int = 9, batch_size: int = 8, num_workers: int = 0) -> DHRCLIP:
+        """This detector with a few-shot bank (docs/method.md §11): its maps add each token's
+        distance to the bank, and its scores mix in that map's maximum. ``reference``: a bank, a
+        bank file written by ``ReferenceBank.save`` (.safetensors), or a list of good images (paths,
+        PIL images or arrays). A bank must match this model's vision settings and ``grid``; this
+        detector is left as it is."""
+        if isinstance(reference, ReferenceBank):
+            bank, where = reference, "bank"
+        elif isinstance(reference, (str, Path)) and is_bank_file(reference):
+            bank, where = ReferenceBank.load(Path(reference)), str(reference)
+        else:
+            sources = list(reference) if isinstance(reference, (list, tuple)) else [reference]
+            names = [str(Path(s).resolve()) if isinstance(s, (str, Path)) else f"image {i}"
+                     for i, s in enumerate(sources)]
+            dataset = ImageDataset(sources, canvas_for(self.model, grid, max_tiles))
+            bank, where = build_reference(self.model, dataset, batch_size, num_workers, names), "images"
+        bank.check(self.config, grid, max_tiles, where)
+        clone = copy.copy(self)
+        clone.model = copy.copy(self.model)  # shares the network; only the bank differs
+        clone.model.reference = bank.to(self.device)
+        return clone
 
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint needs to rebuild this detector: prompts and settings."""

@@ -20,7 +20,7 @@ from .detector import DHRCLIP
 from .distributed import barrier, extreme_across, gather_all, gather_to_main, sum_across, world
 from .errors import UserError
 from .files import save_json
-from .inference import iter_batches
+from .inference import build_reference, canvas_for, iter_batches
 from .metrics import ImageAccumulator, PixelAccumulator, legacy_aupro
 from .runtime import seed_everything
 from .visualize import ColorScale, save_test_figure
@@ -137,6 +137,15 @@ def _resized(amap: torch.Tensor, size: tuple[int, int] | np.ndarray) -> torch.Te
     return F.interpolate(amap[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
 
 
+def _spread(means: list[dict[str, float | None]]) -> dict[str, float | None]:
+    """Standard deviation over runs of each mean metric (population std, as the literature reports)."""
+    spread: dict[str, float | None] = {}
+    for name in METRIC_NAMES:
+        values = [m[name] for m in means if m[name] is not None]
+        spread[name] = float(np.std(values)) if values else None
+    return spread
+
+
 def mean_metrics(per_class: dict[str, dict[str, float | None]]) -> dict[str, float | None]:
     """Mean over the classes where each metric is defined."""
     mean: dict[str, float | None] = {}
@@ -146,13 +155,59 @@ def mean_metrics(per_class: dict[str, dict[str, float | None]]) -> dict[str, flo
     return mean
 
 
-def format_table(per_class: dict[str, dict], mean: dict, names: list[str]) -> str:
-    """Per-class table with a mean row, percentages to one decimal, n/a where undefined."""
-    def cell(v: float | None) -> str:
-        return "n/a" if v is None else f"{100 * v:.1f}"
+def format_table(per_class: dict[str, dict], mean: dict, names: list[str], std: dict | None = None) -> str:
+    """Per-class table with a mean row, percentages to one decimal, n/a where undefined; with
+    ``std`` (over few-shot draws) the mean row shows mean ± std."""
+    def cell(v: float | None, spread: float | None = None) -> str:
+        if v is None:
+            return "n/a"
+        return f"{100 * v:.1f}" if spread is None else f"{100 * v:.1f} ± {100 * spread:.1f}"
     rows = [[cls, *(cell(per_class[cls][n]) for n in names)] for cls in per_class]
-    rows.append(["mean", *(cell(mean[n]) for n in names)])
+    rows.append(["mean", *(cell(mean[n], (std or {}).get(n)) for n in names)])
     return tabulate(rows, headers=["objects", *names], tablefmt="pipe")
+
+
+def draw_references(config: EvalConfig, classes: list[str], seed: int) -> dict[str, list[Item]]:
+    """``k_shot`` good images per class from the dataset's train split, drawn with ``seed``."""
+    try:
+        train = read_meta(config.data_path, "train", classes)
+    except UserError as exc:
+        raise UserError(f"k_shot {config.k_shot} draws good images from the train split of meta.json: {exc}",
+                        field="k_shot") from exc
+    rng = np.random.default_rng(seed)
+    drawn = {}
+    for cls in classes:
+        good = [item for item in train[cls] if not item.anomaly]
+        if len(good) < config.k_shot:
+            raise UserError(f"k_shot {config.k_shot}: class {cls} has only {len(good)} good train image(s) in "
+                            f"{config.data_path / 'meta.json'}", field="k_shot")
+        drawn[cls] = [good[i] for i in sorted(rng.choice(len(good), config.k_shot, replace=False))]
+    return drawn
+
+
+def few_shot_metrics(model: DHRCLIP, by_class: dict[str, list[Item]], config: EvalConfig, pixel_classes: set[str],
+                     image: bool) -> tuple[dict[str, dict[str, float | None]], float, list[dict]]:
+    """``k_shot_runs`` few-shot tests: per run and class, a bank from ``k_shot`` good train images
+    (seed ``seed + run``) and the class's metrics with it. Returns the per-class means over runs,
+    the seconds spent on metrics, and each run's draw and metrics."""
+    canvas = canvas_for(model.model, config.grid, config.max_tiles)
+    runs, metrics_s = [], 0.0
+    for run in range(config.k_shot_runs):
+        seed = config.seed + run
+        drawn = draw_references(config, list(by_class), seed)
+        per_class: dict[str, dict[str, float | None]] = {}
+        for cls, items in by_class.items():
+            references = CanvasDataset(drawn[cls], canvas, with_masks=False, bit_depth=config.bit_depth)
+            bank = build_reference(model.model, references, config.batch_size, config.num_workers,
+                                   [str(item.image) for item in drawn[cls]])
+            few = model.with_reference(bank, config.grid, config.max_tiles)
+            found, seconds = metrics_by_class(few, {cls: items}, config, pixel_classes & {cls}, image)
+            per_class.update(found)
+            metrics_s += seconds
+        runs.append({"seed": seed, "references": {c: [str(i.image) for i in drawn[c]] for c in by_class},
+                     "classes": per_class, "mean": mean_metrics(per_class)})
+    averaged = {cls: mean_metrics({str(k): run["classes"][cls] for k, run in enumerate(runs)}) for cls in by_class}
+    return averaged, metrics_s, runs
 
 
 def metrics_by_class(model: DHRCLIP, by_class: dict[str, list[Item]], config: EvalConfig, pixel_classes: set[str],
@@ -252,7 +307,10 @@ def evaluate(model: DHRCLIP, config: EvalConfig) -> dict:
     Prints the per-class table, appends it to ``save_path/log.txt`` and writes
     ``save_path/results.json``, which it also returns: {"dataset",
     "checkpoint", "config", "test_config", "classes": {cls: {metric: value}},
-    "mean", "timing"}; metrics are fractions, None where undefined.
+    "mean", "timing"}; metrics are fractions, None where undefined. With
+    ``k_shot`` each class is tested with a few-shot bank of its good train images
+    (docs/method.md §11); "classes" and "mean" average the ``k_shot_runs`` draws,
+    and "k_shot" holds each draw's images and metrics and the std over draws.
     """
     seed_everything(config.seed)
     by_class = read_meta(config.data_path, "test", config.classes)
@@ -273,7 +331,11 @@ def evaluate(model: DHRCLIP, config: EvalConfig) -> dict:
     log.info("testing %s on %s (%d images, %d classes) on %s in %s", checkpoint or "untrained prompts",
              config.data_path, len(items), len(by_class), model.device, str(model.precision).removeprefix("torch."))
     started = time.perf_counter()
-    per_class, metrics_s = metrics_by_class(model, by_class, config, pixel_classes, want_image)
+    runs: list[dict] = []
+    if config.k_shot:
+        per_class, metrics_s, runs = few_shot_metrics(model, by_class, config, pixel_classes, want_image)
+    else:
+        per_class, metrics_s = metrics_by_class(model, by_class, config, pixel_classes, want_image)
     # the job's time is its slowest process's
     inference_s = extreme_across(time.perf_counter() - started - metrics_s, largest=True)
     metrics_s = extreme_across(metrics_s, largest=True)
@@ -281,7 +343,8 @@ def evaluate(model: DHRCLIP, config: EvalConfig) -> dict:
 
     names = [n for n in METRIC_NAMES
              if (want_pixel and n.startswith("pixel")) or (want_image and n.startswith("image"))]
-    table = format_table(per_class, mean, names)
+    std = _spread([run["mean"] for run in runs]) if len(runs) > 1 else None
+    table = format_table(per_class, mean, names, std)
     here = world()
     results = {
         "dataset": dataset,
@@ -294,6 +357,8 @@ def evaluate(model: DHRCLIP, config: EvalConfig) -> dict:
         "timing": {"images": len(items), "inference_s": inference_s, "metrics_s": metrics_s,
                    "processes": here.size},
     }
+    if config.k_shot:  # "classes" and "mean" are then the means over the draws
+        results["k_shot"] = {"k": config.k_shot, "std": std, "runs": runs}
     if not here.is_main:  # every rank has the numbers; rank 0 reports them
         return results
     print(table)

@@ -12,12 +12,14 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .data import AutoGrid, CanvasDataset, ImageDataset, ImageSource, collate, worker_count
 from .distributed import world
 from .errors import UserError
+from .fewshot import ReferenceBank, patch_inside
 from .maps import minmax_normalize
 from .model import DHRCLIPModel
 from .tiling import Placement
@@ -83,13 +85,14 @@ def _on_device(value: torch.Tensor | list[torch.Tensor], device: torch.device) -
 
 @torch.no_grad()
 def iter_batches(model: DHRCLIPModel, dataset: CanvasDataset | ImageDataset, batch_size: int,
-                 num_workers: int | str = 0, map_norm: str = "none", desc: str = "inference"
-                 ) -> Iterator[BatchOutput]:
+                 num_workers: int | str = 0, map_norm: str = "none", desc: str = "inference",
+                 exclude: list[int] | None = None) -> Iterator[BatchOutput]:
     """Run ``model`` over ``dataset`` in batches: views encoded together, maps smoothed (and,
     with ``map_norm="per-image"``, min-max normalised) on the device, one host copy of the
     scores per batch and none per image. Images the dataset could not read (``error``) are
     left out of the batch and reported in ``errors``. With an ``AutoGrid`` dataset, batches
-    come grouped by grid, not in dataset order."""
+    come grouped by grid, not in dataset order. ``exclude``: per dataset position, the reference
+    image (of the model's few-shot bank) that image must not be matched with, -1 for none."""
     model.eval()
     device = model.device
     text = model.text_features()
@@ -107,16 +110,17 @@ def iter_batches(model: DHRCLIPModel, dataset: CanvasDataset | ImageDataset, bat
                 continue
             index, images, sizes = index[keep], images[torch.from_numpy(keep)], sizes[keep]
         images = images.to(device, non_blocking=True)
+        skip = torch.tensor([exclude[int(i)] for i in index], device=device) if exclude is not None else None
         if auto:
             placements = [Placement(*(int(v) for v in row)) for row in batch["placement"]]
             maps, scores = model.forward_placed(images, model.grid(placements[0].rows, placements[0].cols),
-                                                placements, text)
+                                                placements, text, skip)
             if map_norm == "per-image":
                 maps = [minmax_normalize(m[None])[0] for m in maps]
             finite = torch.stack([torch.isfinite(m).all() for m in maps]) & torch.isfinite(scores)
             grids = [(p.rows, p.cols) for p in placements]
         else:
-            maps, scores = model(images, text)
+            maps, scores = model(images, text, skip)
             if map_norm == "per-image":
                 maps = minmax_normalize(maps)
             finite = torch.isfinite(maps).flatten(1).all(dim=1) & torch.isfinite(scores)
@@ -136,17 +140,69 @@ def to_image_size(amap: np.ndarray, height: int, width: int) -> np.ndarray:
     return cv2.resize(amap, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
+def canvas_for(model: DHRCLIPModel, grid: str, max_tiles: int) -> int | AutoGrid:
+    """What a dataset makes of images for ``model``: T (the fixed canvas) or an AutoGrid."""
+    return AutoGrid(model.config.patch_image_size, max_tiles) if grid == "auto" else model.config.target_image_size
+
+
 def iter_predictions(model: DHRCLIPModel, sources: list[ImageSource], batch_size: int, num_workers: int | str = 0,
                      desc: str = "predicting", bit_depth: int | None = None, skip_errors: bool = False,
-                     grid: str = "fixed", max_tiles: int = 9) -> Iterator[tuple[int, Prediction | str]]:
+                     grid: str = "fixed", max_tiles: int = 9, exclude: list[int] | None = None
+                     ) -> Iterator[tuple[int, Prediction | str]]:
     """(position in ``sources``, Prediction) for every image, in batches, maps at each image's own
     size. With ``skip_errors`` an unreadable image gives (position, why) instead of stopping.
-    ``grid``: "fixed" (the T×T canvas) or "auto" (a grid per image, at most ``max_tiles``)."""
-    canvas = AutoGrid(model.config.patch_image_size, max_tiles) if grid == "auto" else model.config.target_image_size
-    dataset = ImageDataset(sources, canvas, bit_depth, skip_errors)
-    for batch in iter_batches(model, dataset, batch_size, num_workers, desc=desc):
+    ``grid``: "fixed" (the T×T canvas) or "auto" (a grid per image, at most ``max_tiles``);
+    ``exclude`` as in ``iter_batches``."""
+    dataset = ImageDataset(sources, canvas_for(model, grid, max_tiles), bit_depth, skip_errors)
+    for batch in iter_batches(model, dataset, batch_size, num_workers, desc=desc, exclude=exclude):
         yield from batch.errors.items()
         for k, i in enumerate(batch.index):
             h, w = (int(v) for v in batch.sizes[k])
             yield int(i), Prediction(anomaly_map=to_image_size(batch.maps[k].cpu().numpy(), h, w),
                                      score=float(batch.scores[k]), grid=batch.grids[k])
+
+
+@torch.no_grad()
+def build_reference(model: DHRCLIPModel, dataset: CanvasDataset | ImageDataset, batch_size: int,
+                    num_workers: int | str = 0, sources: list[str] | None = None) -> ReferenceBank:
+    """The few-shot bank of the images of ``dataset`` (docs/method.md §11): their normalised V-V
+    patch tokens per tapped layer and view kind, padding tokens left out. ``sources`` names the
+    images (default: the dataset's own descriptions)."""
+    model.eval()
+    auto = isinstance(dataset.canvas, AutoGrid)
+    layers = len(model.config.features_list)
+    global_parts: list[list[torch.Tensor]] = [[] for _ in range(layers)]
+    tile_parts: list[list[torch.Tensor]] = [[] for _ in range(layers)]
+    global_owner, tile_owner = [], []
+    for batch in tqdm(_loader(dataset, batch_size, num_workers, model.device), desc="reference images",
+                      unit="batch", disable=None if world().is_main else True):
+        if any(batch.get("error", ())):
+            bad = next(e for e in batch["error"] if e)
+            raise UserError(f"a reference image could not be read: {bad}", field="reference")
+        images = batch["image"].to(model.device)
+        placements = [Placement(*(int(v) for v in row)) for row in batch["placement"]] if auto else None
+        tiles = model.grid(placements[0].rows, placements[0].cols) if auto else model.tiles
+        feats = model.encode_views(images, tiles, placements)
+        for k, index in enumerate(batch["index"].tolist()):
+            keep_g = keep_t = None
+            if auto:
+                keep_g = patch_inside(placements[k], tiles, feats.global_size, feats.global_grid)
+                keep_t = torch.cat([patch_inside(placements[k], tiles, None, feats.tile_grid, origin)
+                                    for origin in tiles.boxes])
+            for layer in range(layers):
+                g = F.normalize(feats.global_tokens[layer][k, 1:].float(), dim=-1)
+                t = F.normalize(feats.tile_tokens[layer][k * tiles.count:(k + 1) * tiles.count, 1:].float(),
+                                dim=-1).flatten(0, 1)
+                global_parts[layer].append(g[keep_g.to(g.device)] if keep_g is not None else g)
+                tile_parts[layer].append(t[keep_t.to(t.device)] if keep_t is not None else t)
+            global_owner.append(torch.full((len(global_parts[0][-1]),), index, dtype=torch.long))
+            tile_owner.append(torch.full((len(tile_parts[0][-1]),), index, dtype=torch.long))
+    if not global_owner:
+        raise UserError("no reference images", field="reference")
+    names = sources if sources is not None else [dataset.describe(i) for i in range(len(dataset))]
+    return ReferenceBank(
+        global_tokens=[torch.cat(parts) for parts in global_parts],
+        tile_tokens=[torch.cat(parts) for parts in tile_parts],
+        global_owner=torch.cat(global_owner).to(model.device), tile_owner=torch.cat(tile_owner).to(model.device),
+        config=model.config, grid="auto" if auto else "fixed",
+        max_tiles=dataset.canvas.max_tiles if auto else 9, sources=list(names))

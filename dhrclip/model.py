@@ -10,6 +10,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .errors import UserError
+from .fewshot import ReferenceBank
 from .maps import anomaly_score_map, combine_views, gaussian_blur, image_logits, image_scores, token_probabilities
 from .prompts import PromptLearner, TextEncoder
 from .runtime import autocast
@@ -55,6 +56,7 @@ class DHRCLIPModel(nn.Module):
         self.prompt_learner = PromptLearner(clip.ln_final.weight.shape[0], config.n_ctx, config.depth,
                                             config.t_n_ctx)
         self.text = TextEncoder(clip, self.prompt_learner)
+        self.reference: ReferenceBank | None = None  # few-shot: added to the zero-shot maps when set
         self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -145,26 +147,54 @@ class DHRCLIPModel(nn.Module):
         """(B, 2) image-level logits (docs/method.md §6), before the temperature."""
         return image_logits(feats.global_embedding, feats.tile_embedding, text, feats.tiles, self.config.alpha)
 
+    def few_shot_maps(self, feats: ViewFeatures, exclude: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, H, W) distance of the batch's tokens to the reference bank (docs/method.md §11)."""
+        return self.reference.distance_maps(feats.global_tokens, feats.tile_tokens, feats.global_grid,
+                                            feats.tile_grid, feats.tiles, feats.global_size, self.config.alpha,
+                                            exclude)
+
+    def _maps_and_scores(self, feats: ViewFeatures, text: torch.Tensor, exclude: torch.Tensor | None,
+                         placements: list[Placement] | None) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Smoothed maps (cropped to each placement's box when given) and image scores: the zero-shot
+        ones, plus the few-shot map when a reference bank is set. The image score is then the mean
+        of the zero-shot score and the smoothed few-shot map's maximum."""
+        everything = (slice(None), slice(None))
+        boxes = [p.box for p in placements] if placements is not None else [everything] * len(feats.global_embedding)
+        parts = [self.anomaly_maps(feats, text).float()]
+        if self.reference is not None:
+            parts.append(self.few_shot_maps(feats, exclude).float())
+        smoothed = [[gaussian_blur(part[i:i + 1, box[0], box[1]], self.config.sigma)[0] for i, box in
+                     enumerate(boxes)] for part in parts]
+        scores = image_scores(self.image_logits(feats, text))
+        if self.reference is None:
+            return smoothed[0], scores
+        few_max = torch.stack([m.max() for m in smoothed[1]])
+        return [z + f for z, f in zip(*smoothed)], (scores + few_max) / 2
+
     @torch.no_grad()
-    def forward(self, canvas: torch.Tensor, text: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, canvas: torch.Tensor, text: torch.Tensor | None = None,
+                exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 (B, 3, T, T) canvases -> smoothed (B, T, T) float32 anomaly maps and (B,) image scores.
 
         ``text`` is ``text_features()``; pass it when calling batch after batch,
-        since the prompts do not change between batches at inference.
+        since the prompts do not change between batches at inference. With a
+        ``reference`` bank set, the few-shot map is added (``exclude``: per image,
+        a reference image not to match it with, -1 for none).
         """
         text = self.text_features() if text is None else text
         feats = self.encode_views(canvas)
-        maps = gaussian_blur(self.anomaly_maps(feats, text).float(), self.config.sigma)
-        return maps, image_scores(self.image_logits(feats, text))
+        if self.reference is None:  # one blur over the batch
+            maps = gaussian_blur(self.anomaly_maps(feats, text).float(), self.config.sigma)
+            return maps, image_scores(self.image_logits(feats, text))
+        maps, scores = self._maps_and_scores(feats, text, exclude, None)
+        return torch.stack(maps), scores
 
     @torch.no_grad()
     def forward_placed(self, canvas: torch.Tensor, tiles: TileGrid, placements: list[Placement],
-                       text: torch.Tensor | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
+                       text: torch.Tensor | None = None, exclude: torch.Tensor | None = None
+                       ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """``grid="auto"``: images placed on rows·P × cols·P canvases -> one smoothed float32 map per
         image, cropped to its box before smoothing (so padding never reaches it), and (B,) scores."""
         text = self.text_features() if text is None else text
         feats = self.encode_views(canvas, tiles, placements)
-        raw = self.anomaly_maps(feats, text).float()
-        maps = [gaussian_blur(raw[i:i + 1, p.box[0], p.box[1]], self.config.sigma)[0]
-                for i, p in enumerate(placements)]
-        return maps, image_scores(self.image_logits(feats, text))
+        return self._maps_and_scores(feats, text, exclude, placements)

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import ModelConfig, PredictConfig
+from .config import ModelConfig, PredictConfig, is_bank_file
 from .data import load_rgb
 from .detector import DHRCLIP
 from .distributed import barrier, extreme_across, gather_all, world
@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 CSV_FIELDS = ("path", "image_score", "map_max", "decision", "rows", "cols", "error")
 OUTPUTS = ("predictions.csv", "predictions.json", "maps", "figures")  # what a run writes, besides threshold.json
 FEW_CALIBRATION_IMAGES = 10
+FEW_REFERENCE_IMAGES = 4
 RANK_ROWS = "predictions.rank{}.csv"  # one process's rows under torchrun, merged at the end
 
 
@@ -89,9 +90,16 @@ def calibrate(model: DHRCLIP, spec: str, quantile: float, batch_size: int, num_w
     settings and checkpoint they hold for."""
     files, _ = collect_images(spec, exclude)
     mine = world().shard(len(files), batch_size)
+    own = None
+    if model.reference is not None:  # leave-one-out: a reference image is scored without its own tokens
+        index = {name: k for k, name in enumerate(model.reference.sources)}
+        own = [index.get(str(f.resolve()), -1) for f in files[mine.start:mine.stop]]
+        if any(k >= 0 for k in own) and model.reference.images < 2:
+            raise UserError("calibrating on the reference image itself needs at least 2 reference images "
+                            "(each is scored against the others)", field="calibrate_on")
     scores, maxima = [], []
     for i, result in iter_predictions(model.model, files[mine.start:mine.stop], batch_size, num_workers,
-                                      "calibrating", bit_depth, skip_errors, grid, max_tiles):
+                                      "calibrating", bit_depth, skip_errors, grid, max_tiles, own):
         if isinstance(result, str):
             log.warning("calibration skips %s: %s", files[mine.start + i], result)
             continue
@@ -115,6 +123,8 @@ def calibrate(model: DHRCLIP, spec: str, quantile: float, batch_size: int, num_w
         "checkpoint_fingerprint": fingerprint(model.checkpoint) if model.checkpoint else None,
         "config": model.config.to_dict(),
         "grid": {"mode": grid, "max_tiles": max_tiles},
+        "reference": model.reference.digest() if model.reference is not None else None,
+        "leave_one_out": own is not None and any(k >= 0 for k in own),
     }
 
 
@@ -164,6 +174,12 @@ def resolve_thresholds(model: DHRCLIP, config: PredictConfig) -> tuple[float | N
                             field="threshold_file") from exc
         check_threshold_file(saved, model, config.threshold_file)
         _check_threshold_grid(saved, config)
+        own = model.reference.digest() if model.reference is not None else None
+        if saved.get("reference") != own:
+            raise UserError(f"{config.threshold_file} was calibrated "
+                            f"{'with a reference bank' if saved.get('reference') else 'without a reference'}, and "
+                            f"this run uses {'another bank' if own else 'none'}; give the same reference or "
+                            f"recalibrate with calibrate_on", field="reference")
     if config.calibrate_on is not None:
         found = calibrate(model, config.calibrate_on, config.calibrate_quantile, config.batch_size,
                           config.num_workers, config.bit_depth, config.on_error == "skip", config.save_path,
@@ -211,6 +227,8 @@ def predict(model: DHRCLIP, config: PredictConfig) -> list[dict]:
     out = config.save_path
     files, base = collect_images(config.input, exclude=out)
     previous = check_save_path(config)
+    if config.reference is not None:
+        model = with_reference(model, config)
     barrier()  # every rank has looked before rank 0 clears anything
     image_t, pixel_t = resolve_thresholds(model, config)  # before clearing: the threshold file may be in `out`
     if here.is_main:
@@ -260,6 +278,26 @@ def predict(model: DHRCLIP, config: PredictConfig) -> list[dict]:
     if here.is_main:
         print(f"{summary}{skipped}{time.perf_counter() - started:.1f} s; results in {out}/predictions.csv")
     return every
+
+
+def with_reference(model: DHRCLIP, config: PredictConfig) -> DHRCLIP:
+    """``model`` with the few-shot bank of ``config.reference``: a saved bank, or one built from the
+    good images it names (saved to ``save_reference`` when given)."""
+    if is_bank_file(config.reference):
+        if not Path(config.reference).is_file():
+            raise UserError(f"reference {config.reference}: no such file", field="reference")
+        return model.with_reference(Path(config.reference), config.grid, config.max_tiles)
+    files, _ = collect_images(config.reference, exclude=config.save_path)
+    if len(files) < FEW_REFERENCE_IMAGES:
+        log.warning("a reference of %d good image(s); %d or more describe a part's normal variation better",
+                    len(files), FEW_REFERENCE_IMAGES)
+    few = model.with_reference(files, config.grid, config.max_tiles, config.batch_size, config.num_workers)
+    log.info("reference bank: %d good images, %d global and %d tile tokens per layer", few.reference.images,
+             len(few.reference.global_owner), len(few.reference.tile_owner))
+    if config.save_reference is not None and world().is_main:
+        few.reference.save(config.save_reference)
+        log.info("reference bank saved to %s", config.save_reference)
+    return few
 
 
 def _remove(out: Path, names: list[str]) -> None:
@@ -316,4 +354,7 @@ def _write_table(out: Path, rows: list[dict], image_t: float | None, pixel_t: fl
     save_json(out / "predictions.json", {
         "image_threshold": image_t, "pixel_threshold": pixel_t,
         "checkpoint": str(model.checkpoint) if model.checkpoint else None,
-        "config": model.config.to_dict(), "predict_config": config.to_dict(), "predictions": rows})
+        "config": model.config.to_dict(), "predict_config": config.to_dict(),
+        "reference": ({"images": model.reference.sources, "digest": model.reference.digest()}
+                      if model.reference is not None else None),
+        "predictions": rows})

@@ -56,3 +56,12 @@ def test_grid_benchmark_and_figure_run(tmp_path):
                    check=True)
     import cv2
     assert cv2.imread(str(tmp_path / "grid.png")).shape[1] == 1200
+
+
+def test_fewshot_benchmark_runs():
+    out = subprocess.run([sys.executable, "scripts/bench_fewshot.py", "--shots", "0", "2", "--images", "2",
+                          "--batch_size", "2", "--device", "cpu"], cwd=ROOT, check=True, capture_output=True,
+                         text=True).stdout
+    runs = [json.loads(line) for line in out.strip().splitlines()]
+    assert [r["k"] for r in runs] == [0, 2] and runs[1]["bank_tokens_per_layer"] > 0
+    assert all(r["ms_per_image"] > 0 for r in runs)
