@@ -16,31 +16,20 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dhrclip import DHRCLIP
-from dhrclip.config import ModelConfig
+from _bench_model import add_model_arguments, build_model
 from dhrclip.inference import iter_predictions
-from dhrclip.synthetic import save_openai_format, synthetic_image, tiny_clip
+from dhrclip.synthetic import synthetic_image
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shots", type=int, nargs="+", default=[0, 1, 4, 16])
     parser.add_argument("--images", type=int, default=32, help="test images")
-    parser.add_argument("--pretrained", default=None, help="weights file (default: a tiny random CLIP)")
-    parser.add_argument("--model", default="ViT-B-16")
-    parser.add_argument("--image_size", type=int, default=224)
-    parser.add_argument("--patch_image_size", type=int, default=224)
-    parser.add_argument("--target_image_size", type=int, default=448)
-    parser.add_argument("--features_list", type=int, nargs="+", default=[2, 4])
-    parser.add_argument("--dpam", type=int, default=3)
-    parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", default=None)
+    add_model_arguments(parser)
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="dhrclip_fewshot_") as work:
         work = Path(work)
-        weights = args.pretrained or str(save_openai_format(tiny_clip(seed=0), work / "tiny.pt"))
         rng = np.random.default_rng(0)
         paths = []
         for i in range(args.images + max(args.shots)):
@@ -48,10 +37,7 @@ def main() -> None:
             Image.fromarray(synthetic_image("disk", 448, 448, rng)).save(path)
             paths.append(path)
         tests, goods = paths[:args.images], paths[args.images:]
-        config = ModelConfig(model=args.model, pretrained=weights, image_size=args.image_size,
-                             patch_image_size=args.patch_image_size, target_image_size=args.target_image_size,
-                             features_list=tuple(args.features_list), dpam=args.dpam, depth=3, n_ctx=6, t_n_ctx=2)
-        model = DHRCLIP.create(config, device=args.device, precision=args.precision)
+        model = build_model(args, work)
         for k in args.shots:
             began = time.perf_counter()
             detector = model.with_reference(goods[:k], grid="fixed", batch_size=args.batch_size) if k else model
@@ -63,9 +49,10 @@ def main() -> None:
             list(iter_predictions(detector.model, tests, args.batch_size, grid="fixed"))
             seconds = time.perf_counter() - began
             bank = detector.reference
+            tokens = len(bank.global_owner) + len(bank.tile_owner) if bank is not None else 0
             print(json.dumps({"k": k, "device": str(detector.device), "images": len(tests),
-                              "bank_tokens_per_layer": (len(bank.global_owner) + len(bank.tile_owner)) if bank else 0,
-                              "bank_build_s": round(build_s, 2), "ms_per_image": round(1000 * seconds / len(tests), 1)}))
+                              "bank_tokens_per_layer": tokens, "bank_build_s": round(build_s, 2),
+                              "ms_per_image": round(1000 * seconds / len(tests), 1)}))
 
 
 if __name__ == "__main__":
