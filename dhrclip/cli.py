@@ -104,11 +104,13 @@ def add_model_arguments(parser: argparse.ArgumentParser, from_checkpoint: bool) 
     r.add_argument("--debug", action="store_true", help="show full tracebacks")
 
 
-def add_grid_arguments(parser: argparse.ArgumentParser, default: str) -> None:
+def add_grid_arguments(parser: argparse.ArgumentParser, default: str | None) -> None:
+    """--grid and --max_tiles; a ``default`` of None means auto, or fixed with --onnx."""
     g = parser.add_argument_group("dynamic resolution")
+    meaning = ("fixed: every image squashed to the T×T canvas and cut into g×g tiles (the published method); "
+               "auto: each image gets its own grid of P-pixel tiles at its own aspect ratio")
     g.add_argument("--grid", choices=GRID_MODES, default=default,
-                   help="fixed: every image squashed to the T×T canvas and cut into g×g tiles (the published "
-                        "method); auto: each image gets its own grid of P-pixel tiles at its own aspect ratio")
+                   help=meaning + (" (default: auto; fixed with --onnx)" if default is None else ""))
     g.add_argument("--max_tiles", type=int, default=9, help="with --grid auto: at most this many tiles per image")
 
 
@@ -166,7 +168,9 @@ def evaluation_parser() -> argparse.ArgumentParser:
 def prediction_parser() -> argparse.ArgumentParser:
     p = _parser("Anomaly maps, scores and decisions for your own images. Model settings default to those "
                 "the checkpoint was trained with.")
-    p.add_argument("--checkpoint_path", type=path_arg, required=True, help="prompt checkpoint file or folder")
+    p.add_argument("--checkpoint_path", type=path_arg, default=None, help="prompt checkpoint file or folder")
+    p.add_argument("--onnx", type=path_arg, default=None,
+                   help="an exported model (export.py) to run with onnxruntime instead of --checkpoint_path")
     p.add_argument("--input", required=True, help="an image, a folder (searched recursively) or a glob pattern")
     p.add_argument("--save_path", type=path_arg, default=Path("./predictions"), help="output folder")
     p.add_argument("--threshold", type=float, default=None, help="image-score threshold")
@@ -189,7 +193,24 @@ def prediction_parser() -> argparse.ArgumentParser:
                         "--save_reference (.safetensors); their nearest-neighbour map is added to the zero-shot one")
     p.add_argument("--save_reference", type=path_arg, default=None,
                    help="save the bank built from --reference images to this .safetensors file")
-    add_grid_arguments(p, "auto")
+    add_grid_arguments(p, None)
+    add_model_arguments(p, from_checkpoint=True)
+    return p
+
+
+def export_parser() -> argparse.ArgumentParser:
+    p = _parser("Export a trained detector to one ONNX file, for onnxruntime, OpenVINO or TensorRT. Model "
+                "settings default to those the checkpoint was trained with; --precision fp16 exports a "
+                "half-precision vision tower for GPUs.")
+    p.add_argument("--checkpoint_path", type=path_arg, required=True, help="prompt checkpoint file or folder")
+    p.add_argument("--output", type=path_arg, required=True, help="the .onnx file to write")
+    p.add_argument("--format", choices=("onnx",), default="onnx")
+    p.add_argument("--threshold_file", type=path_arg, default=None,
+                   help="a threshold.json from calibration, stored in the file's metadata")
+    p.add_argument("--reference", default=None,
+                   help="few-shot: good images or a saved bank (.safetensors) to bake into the graph")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (18 or newer)")
+    add_grid_arguments(p, "fixed")
     add_model_arguments(p, from_checkpoint=True)
     return p
 
@@ -277,6 +298,13 @@ def _test(args: argparse.Namespace) -> None:
 def _predict(args: argparse.Namespace) -> None:
     from .prediction import check_save_path, collect_images, predict
 
+    if (args.onnx is None) == (args.checkpoint_path is None):
+        raise UserError("give either checkpoint_path (the PyTorch model) or onnx (an exported file)",
+                        field="checkpoint_path")
+    if args.onnx is not None:
+        _check_onnx_flags(args)
+    args.grid = args.grid or ("fixed" if args.onnx is not None else "auto")
+
     config = PredictConfig(
         input=args.input, save_path=args.save_path, threshold=args.threshold, pixel_threshold=args.pixel_threshold,
         threshold_file=args.threshold_file, calibrate_on=args.calibrate_on,
@@ -287,9 +315,66 @@ def _predict(args: argparse.Namespace) -> None:
     if not args.print_config:  # a wrong input or output folder fails before the model loads
         collect_images(config.input, exclude=config.save_path)
         check_save_path(config)
-    model = _load_detector(args)
+    if args.onnx is not None:
+        from .deploy import OnnxDetector
+
+        model = OnnxDetector(args.onnx)
+    else:
+        model = _load_detector(args)
     if model is not None and any(row["error"] for row in predict(model, config)):
         sys.exit(EXIT_SKIPPED)
+
+
+def _check_onnx_flags(args: argparse.Namespace) -> None:
+    """What an exported file fixes cannot be asked of it."""
+    given = [name for name, value in model_overrides(args).items() if value is not None]
+    if given:
+        raise UserError(f"{given[0]} is fixed inside the exported file; export again to change it", field=given[0])
+    if args.grid == "auto":
+        raise UserError("grid auto needs the PyTorch model: an exported file holds the fixed canvas", field="grid")
+    if args.reference is not None:
+        raise UserError("reference banks are baked into the file at export (export.py --reference)",
+                        field="reference")
+    if args.print_config:
+        raise UserError("print_config reads a checkpoint; an exported file's settings are in its metadata",
+                        field="print_config")
+
+
+def _export(args: argparse.Namespace) -> None:
+    from .config import is_bank_file
+    from .detector import DHRCLIP
+    from .export import export_onnx
+    from .prediction import check_threshold_file
+
+    overrides = {k: v for k, v in model_overrides(args).items() if k != "pretrained"}
+    if args.print_config:
+        _print_config(DHRCLIP.resolve_config(args.checkpoint_path, args.pretrained, **overrides))
+        return
+    # traced in fp32; --precision fp16 converts the vision tower of the traced copy
+    model = DHRCLIP.from_checkpoint(args.checkpoint_path, pretrained=args.pretrained, device=args.device,
+                                    precision="fp32", **overrides)
+    if args.reference is not None:
+        reference = args.reference if is_bank_file(args.reference) else _reference_images(args.reference)
+        model = model.with_reference(reference, args.grid, args.max_tiles, args.batch_size)
+    thresholds = None
+    if args.threshold_file is not None:
+        from .files import read_json
+
+        saved = read_json(args.threshold_file, "threshold_file")
+        check_threshold_file(saved, model, args.threshold_file)
+        grid = (saved.get("grid") or {}).get("mode", "fixed")
+        if grid != "fixed" or saved.get("reference") != model.reference_digest:
+            raise UserError(f"{args.threshold_file} was calibrated with another grid or reference bank than this "
+                            f"export; recalibrate with predict.py --grid fixed", field="threshold_file")
+        thresholds = {k: saved.get(k) for k in ("image_threshold", "pixel_threshold")}
+    path = export_onnx(model, args.output, thresholds, args.precision or "fp32", args.grid, args.opset)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB); run it with predict.py --onnx {path} --input ...")
+
+
+def _reference_images(spec: str) -> list[Path]:
+    from .prediction import collect_images
+
+    return collect_images(spec)[0]
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -362,6 +447,10 @@ def test_main(argv: list[str] | None = None) -> None:
 
 def predict_main(argv: list[str] | None = None) -> None:
     run(_predict, prediction_parser(), argv)
+
+
+def export_main(argv: list[str] | None = None) -> None:
+    run(_export, export_parser(), argv)
 
 
 def demo_main(argv: list[str] | None = None) -> None:

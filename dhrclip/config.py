@@ -306,6 +306,8 @@ class EvalConfig:
         _run_checks(self)
         _require(self.k_shot >= 0, "k_shot", f"must be 0 (zero-shot) or a number of images, got {self.k_shot}")
         _positive(self, "k_shot_runs")
+        _require(self.k_shot or self.k_shot_runs == 1, "k_shot_runs",
+                 f"repeats few-shot draws and needs k_shot; got k_shot_runs {self.k_shot_runs} with k_shot 0")
         _choice(self, "metrics", METRIC_LEVELS)
         _choice(self, "map_norm", MAP_NORMS)
         _choice(self, "aupro", AUPRO_MODES)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,8 @@ import torch
 from .backbone import is_weights_path, load_clip, uses_quick_gelu
 from .checkpoint import Checkpoint, load_prompts, read_checkpoint
 from .config import DERIVED_FIELDS, GRID_MODES, ModelConfig, ResolvedConfig, is_bank_file, resolve_model_config
-from .data import ImageDataset, ImageSource
+from .data import ImageDataset
+from .images import ImageSource
 from .errors import UserError
 from .files import fingerprint
 from .fewshot import ReferenceBank
@@ -118,6 +120,25 @@ class DHRCLIP:
                                               max_tiles=max_tiles):
             results[i] = prediction
         return results[0] if single else results
+
+    @property
+    def checkpoint_fingerprint(self) -> str | None:
+        """Size and hash of the checkpoint file, for threshold files and exports."""
+        return fingerprint(self.checkpoint) if self.checkpoint else None
+
+    @property
+    def reference_digest(self) -> str | None:
+        """The identity of the few-shot bank, if any, for threshold files."""
+        return self.model.reference.digest() if self.model.reference is not None else None
+
+    def iter_predictions(self, sources: list[ImageSource], batch_size: int = 8, num_workers: int | str = 0,
+                         desc: str = "predicting", bit_depth: int | None = None, skip_errors: bool = False,
+                         grid: str = "auto", max_tiles: int = 9, exclude: list[int] | None = None
+                         ) -> Iterator[tuple[int, Prediction | str]]:
+        """(position, Prediction or the reason it failed) for every source, batch by batch
+        (``inference.iter_predictions``); what predict.py runs, here or on an ONNX file."""
+        return iter_predictions(self.model, sources, batch_size, num_workers, desc, bit_depth, skip_errors, grid,
+                                max_tiles, exclude)
 
     @property
     def reference(self) -> ReferenceBank | None:

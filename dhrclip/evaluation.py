@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -168,15 +169,16 @@ def format_table(per_class: dict[str, dict], mean: dict, names: list[str], std: 
 
 
 def draw_references(config: EvalConfig, classes: list[str], seed: int) -> dict[str, list[Item]]:
-    """``k_shot`` good images per class from the dataset's train split, drawn with ``seed``."""
+    """``k_shot`` good images per class from the dataset's train split, drawn with ``seed`` and the
+    class's name, so a class draws the same images whichever other classes are tested."""
     try:
         train = read_meta(config.data_path, "train", classes)
     except UserError as exc:
         raise UserError(f"k_shot {config.k_shot} draws good images from the train split of meta.json: {exc}",
                         field="k_shot") from exc
-    rng = np.random.default_rng(seed)
     drawn = {}
     for cls in classes:
+        rng = np.random.default_rng([seed, zlib.crc32(cls.encode())])  # a class's draw is its own
         good = [item for item in train[cls] if not item.anomaly]
         if len(good) < config.k_shot:
             raise UserError(f"k_shot {config.k_shot}: class {cls} has only {len(good)} good train image(s) in "

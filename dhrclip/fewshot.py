@@ -59,12 +59,13 @@ class ReferenceBank:
 
     def distance_maps(self, global_tokens: list[torch.Tensor], tile_tokens: list[torch.Tensor],
                       global_grid: tuple[int, int], tile_grid: tuple[int, int], tiles: TileGrid,
-                      global_size: tuple[int, int], alpha: float, exclude: torch.Tensor | None = None
-                      ) -> torch.Tensor:
+                      global_size: tuple[int, int], alpha: float, exclude: torch.Tensor | None = None,
+                      inside: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """(B, H, W) few-shot map on the canvas: per layer and view, 1 − the largest cosine
         similarity of each token to the bank, upsampled, stitched and mixed like the zero-shot
         maps, then averaged over layers. ``exclude``: per image, a reference image whose tokens
-        it must not be matched with (-1 for none)."""
+        it must not be matched with (-1 for none). ``inside``: (B, global patches) and
+        (B·tiles, tile patches) masks of the tokens on the image; the others get distance 0."""
         b = global_tokens[0].shape[0]
         per_tile = tiles.count
         layers = []
@@ -78,6 +79,9 @@ class ReferenceBank:
                                             g_skip)
             t_dist = 1 - nearest_similarity(t_patches.flatten(0, 1), self.tile_tokens[layer], self.tile_owner,
                                             t_skip)
+            g_dist, t_dist = g_dist.view(b, -1), t_dist.view(b * per_tile, -1)
+            if inside is not None:
+                g_dist, t_dist = g_dist * inside[0].to(g_dist), t_dist * inside[1].to(t_dist)
             layers.append(combine_views(g_dist.view(b, 1, *global_grid), t_dist.view(b * per_tile, 1, *tile_grid),
                                          tiles, global_size, alpha)[:, 0])
         return torch.stack(layers).mean(dim=0)
@@ -115,8 +119,10 @@ class ReferenceBank:
                         if self.config.weights_fingerprint or config.weights_fingerprint
                         else self.config.pretrained == config.pretrained)
         name = None if same_weights else "pretrained"
-        name = name or config.first_difference(self.config, ignore=("pretrained", "weights_fingerprint", "depth",
-                                                                     "n_ctx", "t_n_ctx", "sigma", "alpha"))
+        unused = ("pretrained", "weights_fingerprint", "depth", "n_ctx", "t_n_ctx", "sigma", "alpha")
+        if grid == "auto":  # the canvas and its fixed tiling play no part
+            unused += ("target_image_size", "tiles_per_side")
+        name = name or config.first_difference(self.config, ignore=unused)
         if name is not None:
             raise UserError(f"reference {where} was built with {name}={getattr(self.config, name)}, and this model "
                             f"uses {getattr(config, name)}; rebuild it from the images", field=name)
@@ -133,6 +139,11 @@ def nearest_similarity(queries: torch.Tensor, bank: torch.Tensor, owner: torch.T
     ``bank``, in blocks of CHUNK × CHUNK so memory stays bounded; a query never matches the
     bank rows whose ``owner`` equals its ``exclude`` entry."""
     queries = F.normalize(queries.float(), dim=-1)
+    if torch.compiler.is_exporting():  # a graph takes any batch: one block of queries, the bank in blocks
+        best = torch.full_like(queries[:, 0], -torch.inf)
+        for start in range(0, bank.shape[0], CHUNK):
+            best = torch.maximum(best, (queries @ bank[start:start + CHUNK].float().t()).max(dim=1).values)
+        return best
     best = torch.full((queries.shape[0],), -torch.inf, device=queries.device)
     for q in range(0, queries.shape[0], CHUNK):
         rows = queries[q:q + CHUNK]

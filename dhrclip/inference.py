@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .data import AutoGrid, CanvasDataset, ImageDataset, ImageSource, collate, worker_count
+from .data import AutoGrid, CanvasDataset, ImageDataset, collate, worker_count
+from .images import ImageSource
 from .distributed import world
 from .errors import UserError
 from .fewshot import ReferenceBank, patch_inside
@@ -97,6 +98,9 @@ def iter_batches(model: DHRCLIPModel, dataset: CanvasDataset | ImageDataset, bat
     device = model.device
     text = model.text_features()
     auto = isinstance(dataset.canvas, AutoGrid)
+    if model.reference is not None:  # a bank answers only for the views it was built from
+        model.reference.check(model.config, "auto" if auto else "fixed", dataset.canvas.max_tiles if auto else 9,
+                              "bank")
     progress = tqdm(total=len(dataset), desc=desc, unit="image", disable=None if world().is_main else True)
     for batch in _loader(dataset, batch_size, num_workers, device):
         index, images, sizes = batch["index"].numpy(), batch["image"], batch["size"].numpy()
@@ -189,6 +193,9 @@ def build_reference(model: DHRCLIPModel, dataset: CanvasDataset | ImageDataset, 
                 keep_g = patch_inside(placements[k], tiles, feats.global_size, feats.global_grid)
                 keep_t = torch.cat([patch_inside(placements[k], tiles, None, feats.tile_grid, origin)
                                     for origin in tiles.boxes])
+                if not keep_g.any() or not keep_t.any():
+                    raise UserError(f"reference image {dataset.describe(index)} is too small to cover one "
+                                    f"token of its views; use larger good images", field="reference")
             for layer in range(layers):
                 g = F.normalize(feats.global_tokens[layer][k, 1:].float(), dim=-1)
                 t = F.normalize(feats.tile_tokens[layer][k * tiles.count:(k + 1) * tiles.count, 1:].float(),

@@ -10,7 +10,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .errors import UserError
-from .fewshot import ReferenceBank
+from .fewshot import ReferenceBank, patch_inside
 from .maps import anomaly_score_map, combine_views, gaussian_blur, image_logits, image_scores, token_probabilities
 from .prompts import PromptLearner, TextEncoder
 from .runtime import autocast
@@ -147,22 +147,28 @@ class DHRCLIPModel(nn.Module):
         """(B, 2) image-level logits (docs/method.md §6), before the temperature."""
         return image_logits(feats.global_embedding, feats.tile_embedding, text, feats.tiles, self.config.alpha)
 
-    def few_shot_maps(self, feats: ViewFeatures, exclude: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, H, W) distance of the batch's tokens to the reference bank (docs/method.md §11)."""
+    def few_shot_maps(self, feats: ViewFeatures, exclude: torch.Tensor | None = None,
+                      placements: list[Placement] | None = None) -> torch.Tensor:
+        """(B, H, W) distance of the batch's tokens to the reference bank (docs/method.md §11); with
+        ``placements``, tokens of the padding count as distance 0, like the padding in the bank."""
+        inside = None
+        if placements is not None:
+            inside = (torch.stack([patch_inside(p, feats.tiles, feats.global_size, feats.global_grid)
+                                   for p in placements]),
+                      torch.stack([patch_inside(p, feats.tiles, None, feats.tile_grid, origin)
+                                   for p in placements for origin in feats.tiles.boxes]))
         return self.reference.distance_maps(feats.global_tokens, feats.tile_tokens, feats.global_grid,
                                             feats.tile_grid, feats.tiles, feats.global_size, self.config.alpha,
-                                            exclude)
+                                            exclude, inside)
 
     def _maps_and_scores(self, feats: ViewFeatures, text: torch.Tensor, exclude: torch.Tensor | None,
-                         placements: list[Placement] | None) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Smoothed maps (cropped to each placement's box when given) and image scores: the zero-shot
-        ones, plus the few-shot map when a reference bank is set. The image score is then the mean
-        of the zero-shot score and the smoothed few-shot map's maximum."""
-        everything = (slice(None), slice(None))
-        boxes = [p.box for p in placements] if placements is not None else [everything] * len(feats.global_embedding)
+                         placements: list[Placement]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Smoothed maps cropped to each placement's box, and image scores: the zero-shot ones, plus
+        the few-shot map when a reference bank is set (as in ``forward``)."""
+        boxes = [p.box for p in placements]
         parts = [self.anomaly_maps(feats, text).float()]
         if self.reference is not None:
-            parts.append(self.few_shot_maps(feats, exclude).float())
+            parts.append(self.few_shot_maps(feats, exclude, placements).float())
         smoothed = [[gaussian_blur(part[i:i + 1, box[0], box[1]], self.config.sigma)[0] for i, box in
                      enumerate(boxes)] for part in parts]
         scores = image_scores(self.image_logits(feats, text))
@@ -183,11 +189,12 @@ class DHRCLIPModel(nn.Module):
         """
         text = self.text_features() if text is None else text
         feats = self.encode_views(canvas)
-        if self.reference is None:  # one blur over the batch
-            maps = gaussian_blur(self.anomaly_maps(feats, text).float(), self.config.sigma)
-            return maps, image_scores(self.image_logits(feats, text))
-        maps, scores = self._maps_and_scores(feats, text, exclude, None)
-        return torch.stack(maps), scores
+        maps = gaussian_blur(self.anomaly_maps(feats, text).float(), self.config.sigma)
+        scores = image_scores(self.image_logits(feats, text))
+        if self.reference is None:
+            return maps, scores
+        few = gaussian_blur(self.few_shot_maps(feats, exclude).float(), self.config.sigma)
+        return maps + few, (scores + few.flatten(1).max(dim=1).values) / 2
 
     @torch.no_grad()
     def forward_placed(self, canvas: torch.Tensor, tiles: TileGrid, placements: list[Placement],

@@ -40,13 +40,13 @@ from pathlib import Path
 import numpy as np
 
 from .config import ModelConfig, PredictConfig, is_bank_file
-from .data import load_rgb
+from .deploy import OnnxDetector, decide
 from .detector import DHRCLIP
 from .distributed import barrier, extreme_across, gather_all, world
 from .errors import UserError
-from .files import atomic_write, fingerprint, read_json, save_json
+from .files import atomic_write, read_json, save_json
+from .images import load_rgb
 from .indexing import IMAGE_SUFFIXES
-from .inference import iter_predictions
 from .runtime import seed_everything
 from .visualize import ColorScale, prediction_figure, save_rgb
 
@@ -98,8 +98,8 @@ def calibrate(model: DHRCLIP, spec: str, quantile: float, batch_size: int, num_w
             raise UserError("calibrating on the reference image itself needs at least 2 reference images "
                             "(each is scored against the others)", field="calibrate_on")
     scores, maxima = [], []
-    for i, result in iter_predictions(model.model, files[mine.start:mine.stop], batch_size, num_workers,
-                                      "calibrating", bit_depth, skip_errors, grid, max_tiles, own):
+    for i, result in model.iter_predictions(files[mine.start:mine.stop], batch_size, num_workers, "calibrating",
+                                            bit_depth, skip_errors, grid, max_tiles, own):
         if isinstance(result, str):
             log.warning("calibration skips %s: %s", files[mine.start + i], result)
             continue
@@ -120,10 +120,10 @@ def calibrate(model: DHRCLIP, spec: str, quantile: float, batch_size: int, num_w
         "calibrate_on": str(spec),
         "good_score_range": [float(min(scores)), float(max(scores))],
         "checkpoint": str(model.checkpoint) if model.checkpoint else None,
-        "checkpoint_fingerprint": fingerprint(model.checkpoint) if model.checkpoint else None,
+        "checkpoint_fingerprint": model.checkpoint_fingerprint,
         "config": model.config.to_dict(),
         "grid": {"mode": grid, "max_tiles": max_tiles},
-        "reference": model.reference.digest() if model.reference is not None else None,
+        "reference": model.reference_digest,
         "leave_one_out": own is not None and any(k >= 0 for k in own),
     }
 
@@ -144,8 +144,7 @@ def check_threshold_file(saved: dict, model: DHRCLIP, path: Path) -> None:
         raise UserError(f"this run uses {name}={getattr(current, name)}, but {path} was calibrated with "
                         f"{getattr(recorded, name)}; recalibrate with calibrate_on or use the same setting",
                         field=name)
-    own = fingerprint(model.checkpoint) if model.checkpoint else None
-    if saved.get("checkpoint_fingerprint") != own:
+    if saved.get("checkpoint_fingerprint") != model.checkpoint_fingerprint:
         raise UserError(f"{path} was calibrated for the checkpoint {saved.get('checkpoint')}, not "
                         f"{model.checkpoint}; recalibrate with calibrate_on", field="threshold_file")
 
@@ -162,9 +161,11 @@ def _check_threshold_grid(saved: dict, config: PredictConfig) -> None:
                         f"{config.max_tiles}); use the same grid or recalibrate with calibrate_on", field="grid")
 
 
-def resolve_thresholds(model: DHRCLIP, config: PredictConfig) -> tuple[float | None, float | None]:
-    """Image and pixel thresholds from the settings, a threshold file, or calibration (saved to threshold.json)."""
-    image_t, pixel_t = None, None
+def resolve_thresholds(model: DHRCLIP | OnnxDetector, config: PredictConfig) -> tuple[float | None, float | None]:
+    """Image and pixel thresholds from the settings, a threshold file, or calibration (saved to
+    threshold.json); an exported file's own thresholds come first, replaced by any of those."""
+    stored = model.thresholds if isinstance(model, OnnxDetector) else {}
+    image_t, pixel_t = stored.get("image_threshold"), stored.get("pixel_threshold")
     if config.threshold_file is not None:
         saved = read_json(config.threshold_file, "threshold_file")
         try:
@@ -174,7 +175,7 @@ def resolve_thresholds(model: DHRCLIP, config: PredictConfig) -> tuple[float | N
                             field="threshold_file") from exc
         check_threshold_file(saved, model, config.threshold_file)
         _check_threshold_grid(saved, config)
-        own = model.reference.digest() if model.reference is not None else None
+        own = model.reference_digest
         if saved.get("reference") != own:
             raise UserError(f"{config.threshold_file} was calibrated "
                             f"{'with a reference bank' if saved.get('reference') else 'without a reference'}, and "
@@ -215,8 +216,10 @@ def check_save_path(config: PredictConfig) -> list[str]:
     return previous
 
 
-def predict(model: DHRCLIP, config: PredictConfig) -> list[dict]:
+def predict(model: DHRCLIP | OnnxDetector, config: PredictConfig) -> list[dict]:
     """Write a float16 map per image, predictions.csv/.json for all of them, then a figure per image.
+    ``model`` is a detector or an exported ONNX file's runtime (whose stored thresholds apply
+    unless others are given).
 
     Returns the rows in input order (every process gets all of them); a row whose ``error`` is
     set was skipped.
@@ -242,10 +245,10 @@ def predict(model: DHRCLIP, config: PredictConfig) -> list[dict]:
     with open(out / (RANK_ROWS.format(here.rank) if here.size > 1 else "predictions.csv"), "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
         writer.writeheader()
-        for k, result in iter_predictions(model.model, files[mine.start:mine.stop], config.batch_size,
-                                          config.num_workers, bit_depth=config.bit_depth,
-                                          skip_errors=config.on_error == "skip", grid=config.grid,
-                                          max_tiles=config.max_tiles):
+        for k, result in model.iter_predictions(files[mine.start:mine.stop], config.batch_size,
+                                                config.num_workers, bit_depth=config.bit_depth,
+                                                skip_errors=config.on_error == "skip", grid=config.grid,
+                                                max_tiles=config.max_tiles):
             source = files[mine.start + k]
             if isinstance(result, str):
                 log.warning("skipped %s: %s", source, result)
@@ -330,14 +333,6 @@ def _write_figures(out: Path, rows: list[dict], base: Path, run_scale: ColorScal
                                    row["decision"], pixel_t))
 
 
-def decide(score: float, peak: float, image_t: float | None, pixel_t: float | None) -> str:
-    """'anomalous', 'normal', or '' when no threshold is known (see the module docstring)."""
-    if image_t is None and pixel_t is None:
-        return ""
-    flagged = (image_t is not None and score > image_t) or (pixel_t is not None and peak > pixel_t)
-    return "anomalous" if flagged else "normal"
-
-
 def _ensure_parent(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
@@ -355,6 +350,6 @@ def _write_table(out: Path, rows: list[dict], image_t: float | None, pixel_t: fl
         "image_threshold": image_t, "pixel_threshold": pixel_t,
         "checkpoint": str(model.checkpoint) if model.checkpoint else None,
         "config": model.config.to_dict(), "predict_config": config.to_dict(),
-        "reference": ({"images": model.reference.sources, "digest": model.reference.digest()}
-                      if model.reference is not None else None),
+        "reference": ({"images": model.reference.sources, "digest": model.reference_digest}
+                      if model.reference is not None else model.reference_digest),
         "predictions": rows})

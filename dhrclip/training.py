@@ -25,7 +25,8 @@ from tqdm import tqdm
 
 from .checkpoint import Checkpoint, latest_checkpoint, load_prompts, read_checkpoint, save_checkpoint
 from .config import ModelConfig, TrainConfig, check_resumable
-from .data import AutoGrid, CanvasDataset, Item, collate, has_masks, image_shape, read_meta, worker_count
+from .data import AutoGrid, CanvasDataset, Item, collate, has_masks, read_meta, worker_count
+from .images import image_shape
 from .detector import DHRCLIP, check_backbone
 from .distributed import barrier, sum_across, world
 from .errors import UserError

@@ -12,7 +12,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .data import Item, load_rgb
+from .data import Item
+from .images import load_rgb
 
 DISPLAY_MIN, DISPLAY_MAX = 256, 1024
 _FONT = cv2.FONT_HERSHEY_SIMPLEX

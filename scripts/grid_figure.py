@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from dhrclip.data import load_rgb
+from dhrclip.images import load_rgb
 from dhrclip.synthetic import paint_defect, synthetic_image
 from dhrclip.tiling import TileGrid, place
 from dhrclip.visualize import save_rgb

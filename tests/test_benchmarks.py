@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -65,3 +67,11 @@ def test_fewshot_benchmark_runs():
     runs = [json.loads(line) for line in out.strip().splitlines()]
     assert [r["k"] for r in runs] == [0, 2] and runs[1]["bank_tokens_per_layer"] > 0
     assert all(r["ms_per_image"] > 0 for r in runs)
+
+
+def test_deploy_benchmark_runs():
+    pytest.importorskip("onnxruntime")
+    out = subprocess.run([sys.executable, "scripts/bench_deploy.py", "--batches", "1", "--batch_size", "1",
+                          "--device", "cpu"], cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    runs = [json.loads(line) for line in out.strip().splitlines() if line.startswith("{")]
+    assert [r["runtime"] for r in runs] == ["pytorch", "onnxruntime"] and all(r["images_per_s"] > 0 for r in runs)

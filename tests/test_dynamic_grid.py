@@ -142,11 +142,22 @@ def test_predict_writes_a_map_at_a_wide_frames_own_size_and_records_the_grid(che
     assert (int(row["rows"]), int(row["cols"])) == choose_grid(1024, 2448, p, 9) == (2, 4)
 
 
-def test_training_with_auto_groups_batches_by_grid(painted, tmp_path, clip_file):
+def test_training_with_auto_groups_batches_by_grid(painted, tmp_path, clip_file, monkeypatch):
+    from dhrclip.model import DHRCLIPModel
+
     _, data = painted
+    shapes = []
+    encode = DHRCLIPModel.encode_views
+
+    def counted(self, canvas, tiles=None, placements=None):
+        shapes.append(tuple(canvas.shape[-2:]))
+        return encode(self, canvas, tiles, placements)
+
+    monkeypatch.setattr(DHRCLIPModel, "encode_views", counted)
     history = train_small(data, tmp_path / "ckpt", clip_file, epochs=2, grid="auto")
     assert len(history) == 2 and all(np.isfinite(h["loss"]) for h in history)
-    assert history[1]["loss"] < history[0]["loss"] + 0.5  # the second epoch runs from the grouped cache
+    assert set(shapes) == {(70, 210), (210, 70)}  # every batch holds one grid's canvases (1x3 or 3x1 tiles)
+    assert len(shapes) == -(-9 // 4) * 2  # epoch 1 only: 9 images of each grid in batches of 4; then the cache
     saved = torch.load(tmp_path / "ckpt" / "epoch_2.pth", weights_only=False)
     assert saved["train_config"]["grid"] == "auto"
 

@@ -75,7 +75,8 @@ def test_bank_tokens_and_few_shot_map_by_hand(checkpoint, goods):
 
 
 def _canvas(path, model):
-    from dhrclip.data import load_rgb, to_canvas
+    from dhrclip.data import to_canvas
+    from dhrclip.images import load_rgb
 
     return to_canvas(load_rgb(path), model.config.target_image_size)
 
@@ -189,3 +190,26 @@ def test_predict_with_reference_and_leave_one_out_calibration_end_to_end(checkpo
         cli.predict_main(["--checkpoint_path", str(checkpoint), "--input", str(parts), "--grid", "fixed",
                           "--threshold_file", str(tmp_path / "few" / "threshold.json"), "--save_path",
                           str(tmp_path / "again"), "--device", "cpu"])
+
+
+def test_auto_banks_leave_padding_out_and_an_image_matches_itself_everywhere(checkpoint, goods):
+    model = DHRCLIP.from_checkpoint(checkpoint, device="cpu")
+    few = model.with_reference(goods[:1], grid="auto")
+    # an 80x100 image on 2x2 tiles of 70 px: placed at scale 1.4 as 112x140 from row 14, so the first
+    # token row of the top tiles and the last of the bottom ones (centres at 7 and 133) are padding
+    assert len(few.reference.global_owner) == 16 and len(few.reference.tile_owner) == 4 * 25 - 20
+    itself = few.predict(goods[0], grid="auto")
+    alone = model.predict(goods[0], grid="auto")
+    assert np.abs(itself.anomaly_map - alone.anomaly_map).max() < 1e-4  # few-shot distance 0 everywhere
+    with pytest.raises(UserError, match="grid"):
+        few.predict(goods[0], grid="fixed")  # a bank answers only for the views it was built from
+
+
+def test_a_class_draws_the_same_references_whichever_classes_are_tested(with_train_split):
+    from dhrclip.evaluation import draw_references
+
+    _, test_root = with_train_split
+    config = EvalConfig(data_path=test_root, k_shot=2)
+    alone = draw_references(config, ["ring"], 5)["ring"]
+    assert draw_references(config, ["checker", "ring"], 5)["ring"] == alone
+    assert draw_references(config, ["ring", "checker"], 5)["ring"] == alone

@@ -16,7 +16,8 @@ from PIL import Image
 
 from conftest import ROOT, RUNTIME, SMALL
 from dhrclip import DHRCLIP, PredictConfig, cli, predict
-from dhrclip.data import load_rgb, worker_count
+from dhrclip.data import worker_count
+from dhrclip.images import load_rgb
 from dhrclip.files import save_json
 from dhrclip.indexing import mvtec_layout_index, write_meta
 from dhrclip.synthetic import synthetic_image, write_mvtec_dataset

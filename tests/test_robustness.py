@@ -14,7 +14,8 @@ from PIL import Image
 from conftest import ROOT, SMALL, train_small
 from dhrclip import cli, training
 from dhrclip.checkpoint import read_checkpoint, save_checkpoint
-from dhrclip.data import CanvasDataset, load_mask, load_rgb, read_meta
+from dhrclip.data import CanvasDataset, read_meta
+from dhrclip.images import load_mask, load_rgb
 from dhrclip.indexing import mvtec_layout_index, write_meta
 from dhrclip.synthetic import write_mvtec_dataset
 
