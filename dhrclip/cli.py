@@ -318,11 +318,27 @@ def _predict(args: argparse.Namespace) -> None:
     if args.onnx is not None:
         from .deploy import OnnxDetector
 
-        model = OnnxDetector(args.onnx)
+        _join_processes("cpu")  # under torchrun the inputs are shared out (gloo), whichever device runs the graph
+        model = OnnxDetector(args.onnx, _onnx_providers(args.device))
     else:
         model = _load_detector(args)
     if model is not None and any(row["error"] for row in predict(model, config)):
         sys.exit(EXIT_SKIPPED)
+
+
+def _onnx_providers(device: str) -> list[str]:
+    """onnxruntime's execution providers for --device: CUDA's (with the CPU for what it lacks) or the CPU's."""
+    import onnxruntime
+
+    available = onnxruntime.get_available_providers()
+    if device.startswith("cuda") or (device == "auto" and "CUDAExecutionProvider" in available):
+        if "CUDAExecutionProvider" not in available:
+            raise UserError(f"device {device}: this onnxruntime has no CUDA provider (install onnxruntime-gpu)",
+                            field="device")
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if device not in ("auto", "cpu"):
+        raise UserError(f"device {device} is not one onnxruntime runs on here; use cpu or cuda", field="device")
+    return ["CPUExecutionProvider"]
 
 
 def _check_onnx_flags(args: argparse.Namespace) -> None:
@@ -338,13 +354,15 @@ def _check_onnx_flags(args: argparse.Namespace) -> None:
     if args.print_config:
         raise UserError("print_config reads a checkpoint; an exported file's settings are in its metadata",
                         field="print_config")
+    if args.precision is not None:
+        raise UserError("precision is fixed inside the exported file (export.py --precision)", field="precision")
 
 
 def _export(args: argparse.Namespace) -> None:
     from .config import is_bank_file
     from .detector import DHRCLIP
     from .export import export_onnx
-    from .prediction import check_threshold_file
+    from .prediction import read_threshold_file
 
     overrides = {k: v for k, v in model_overrides(args).items() if k != "pretrained"}
     if args.print_config:
@@ -358,15 +376,11 @@ def _export(args: argparse.Namespace) -> None:
         model = model.with_reference(reference, args.grid, args.max_tiles, args.batch_size)
     thresholds = None
     if args.threshold_file is not None:
-        from .files import read_json
-
-        saved = read_json(args.threshold_file, "threshold_file")
-        check_threshold_file(saved, model, args.threshold_file)
-        grid = (saved.get("grid") or {}).get("mode", "fixed")
-        if grid != "fixed" or saved.get("reference") != model.reference_digest:
-            raise UserError(f"{args.threshold_file} was calibrated with another grid or reference bank than this "
+        saved, (image_t, pixel_t) = read_threshold_file(args.threshold_file, model, args.grid, args.max_tiles)
+        if "config" not in saved:
+            raise UserError(f"{args.threshold_file} records no settings, so it cannot be checked against this "
                             f"export; recalibrate with predict.py --grid fixed", field="threshold_file")
-        thresholds = {k: saved.get(k) for k in ("image_threshold", "pixel_threshold")}
+        thresholds = {"image_threshold": image_t, "pixel_threshold": pixel_t}
     path = export_onnx(model, args.output, thresholds, args.precision or "fp32", args.grid, args.opset)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB); run it with predict.py --onnx {path} --input ...")
 

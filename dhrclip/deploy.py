@@ -58,6 +58,7 @@ class OnnxDetector:
     """An exported detector: its graph in onnxruntime and its settings from the file's metadata."""
 
     def __init__(self, path: str | Path, providers: list[str] | None = None) -> None:
+        """``providers``: onnxruntime execution providers (default: the CPU)."""
         try:
             import onnxruntime
         except ImportError as exc:
@@ -80,10 +81,14 @@ class OnnxDetector:
         self.config = ModelConfig.from_dict(json.loads(meta["config"]), where=str(path))
         self.canvas = int(meta["canvas"])
         self.thresholds = json.loads(meta.get("thresholds", "null")) or {}
+        for key, value in self.thresholds.items():
+            if value is not None and not (isinstance(value, (int, float)) and np.isfinite(value)):
+                raise UserError(f"onnx {path}: its stored {key} {value!r} is not a finite number", field="onnx")
         self.checkpoint = meta.get("checkpoint") or None
         self.checkpoint_fingerprint = meta.get("checkpoint_fingerprint") or None
         reference = json.loads(meta.get("reference", "null"))
         self.reference_digest = reference["digest"] if reference else None
+        self.reference_sources: list[str] = reference["images"] if reference else []
         self.reference = None  # a bank, if any, is inside the graph
         tiles = self.config.tiles_per_side
         self.grid = (tiles, tiles)
@@ -135,7 +140,9 @@ class OnnxDetector:
             maps, scores = self.run(np.stack(canvases))
             for k, i in enumerate(kept):
                 if not (np.isfinite(maps[k]).all() and np.isfinite(scores[k])):
-                    raise UserError(f"the anomaly map of image {i} contains NaN or Inf", field="onnx")
+                    name = sources[i] if isinstance(sources[i], (str, Path)) else f"image {i}"
+                    raise UserError(f"the anomaly map of {name} contains NaN or Inf; an fp16 export may "
+                                    f"overflow where fp32 does not", field="onnx")
                 yield i, OnnxPrediction(resize_bilinear(maps[k], *sizes[k]), float(scores[k]), self.grid)
 
     def predict(self, images: ImageSource | list[ImageSource], batch_size: int = 8

@@ -127,6 +127,11 @@ class DHRCLIP:
         return fingerprint(self.checkpoint) if self.checkpoint else None
 
     @property
+    def reference_sources(self) -> list[str]:
+        """The images of the few-shot bank, if any."""
+        return list(self.model.reference.sources) if self.model.reference is not None else []
+
+    @property
     def reference_digest(self) -> str | None:
         """The identity of the few-shot bank, if any, for threshold files."""
         return self.model.reference.digest() if self.model.reference is not None else None

@@ -48,7 +48,7 @@ def metadata(model: DHRCLIP, thresholds: dict | None, precision: str) -> dict[st
         "config": json.dumps(model.config.to_dict()),
         "canvas": str(model.config.target_image_size),
         "precision": precision,
-        "checkpoint": str(model.checkpoint) if model.checkpoint else "",
+        "checkpoint": str(Path(model.checkpoint).resolve()) if model.checkpoint else "",
         "checkpoint_fingerprint": model.checkpoint_fingerprint or "",
         "thresholds": json.dumps(thresholds),
         "reference": json.dumps({"digest": reference.digest(), "images": reference.sources} if reference else None),
@@ -67,6 +67,9 @@ def export_onnx(model: DHRCLIP, output: Path, thresholds: dict | None = None, pr
     if grid != "fixed":
         raise UserError("grid auto gives every image its own canvas shape, which one ONNX graph cannot take; "
                         "export with grid fixed (predict.py --onnx then uses the fixed canvas)", field="grid")
+    if opset < OPSET:
+        raise UserError(f"opset {opset} has no antialiased Resize, which the global view needs; use {OPSET} or "
+                        f"newer", field="opset")
     if precision not in EXPORT_PRECISIONS:
         raise UserError(f"precision {precision} cannot be exported; use fp32 or fp16", field="precision")
     if model.reference is not None and model.reference.grid != "fixed":

@@ -133,13 +133,19 @@ class ReferenceBank:
                             field="grid")
 
 
+def _exporting() -> bool:
+    """Whether torch.export is tracing this call (a question older torch releases cannot ask)."""
+    check = getattr(torch.compiler, "is_exporting", None)
+    return bool(check and check())
+
+
 def nearest_similarity(queries: torch.Tensor, bank: torch.Tensor, owner: torch.Tensor,
                        exclude: torch.Tensor | None = None) -> torch.Tensor:
     """(M,) largest cosine similarity of each of the (M, E) ``queries`` to the normalised (N, E)
     ``bank``, in blocks of CHUNK × CHUNK so memory stays bounded; a query never matches the
     bank rows whose ``owner`` equals its ``exclude`` entry."""
     queries = F.normalize(queries.float(), dim=-1)
-    if torch.compiler.is_exporting():  # a graph takes any batch: one block of queries, the bank in blocks
+    if _exporting():  # a graph takes any batch: one block of queries, the bank in blocks
         best = torch.full_like(queries[:, 0], -torch.inf)
         for start in range(0, bank.shape[0], CHUNK):
             best = torch.maximum(best, (queries @ bank[start:start + CHUNK].float().t()).max(dim=1).values)

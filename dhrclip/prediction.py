@@ -91,6 +91,11 @@ def calibrate(model: DHRCLIP, spec: str, quantile: float, batch_size: int, num_w
     files, _ = collect_images(spec, exclude)
     mine = world().shard(len(files), batch_size)
     own = None
+    baked = set(model.reference_sources) if model.reference is None else set()
+    if baked & {str(f.resolve()) for f in files}:  # a bank inside an exported file cannot leave one out
+        raise UserError(f"calibrate_on {spec} shares images with the reference bank inside the exported file, "
+                        f"which cannot leave an image out; calibrate on other good images, or with the PyTorch "
+                        f"model and reference", field="calibrate_on")
     if model.reference is not None:  # leave-one-out: a reference image is scored without its own tokens
         index = {name: k for k, name in enumerate(model.reference.sources)}
         own = [index.get(str(f.resolve()), -1) for f in files[mine.start:mine.stop]]
@@ -149,16 +154,39 @@ def check_threshold_file(saved: dict, model: DHRCLIP, path: Path) -> None:
                         f"{model.checkpoint}; recalibrate with calibrate_on", field="threshold_file")
 
 
-def _check_threshold_grid(saved: dict, config: PredictConfig) -> None:
+def _check_threshold_grid(saved: dict, path: Path, grid: str, max_tiles: int) -> None:
     """Thresholds hold for the grid they were calibrated with: a map seen through other tiles
     has other values."""
     recorded = saved.get("grid")
     if recorded is None:  # calibrated before grids were recorded: on the fixed canvas
-        recorded = {"mode": "fixed", "max_tiles": config.max_tiles}
-    if recorded.get("mode") != config.grid or (config.grid == "auto" and recorded.get("max_tiles") != config.max_tiles):
-        raise UserError(f"{config.threshold_file} was calibrated with grid {recorded.get('mode')} (max_tiles "
-                        f"{recorded.get('max_tiles')}), and this run uses grid {config.grid} (max_tiles "
-                        f"{config.max_tiles}); use the same grid or recalibrate with calibrate_on", field="grid")
+        recorded = {"mode": "fixed", "max_tiles": max_tiles}
+    if recorded.get("mode") != grid or (grid == "auto" and recorded.get("max_tiles") != max_tiles):
+        raise UserError(f"{path} was calibrated with grid {recorded.get('mode')} (max_tiles "
+                        f"{recorded.get('max_tiles')}), and this run uses grid {grid} (max_tiles "
+                        f"{max_tiles}); use the same grid or recalibrate with calibrate_on", field="grid")
+
+
+def read_threshold_file(path: Path, model: DHRCLIP | OnnxDetector, grid: str, max_tiles: int
+                        ) -> tuple[dict, tuple[float, float | None]]:
+    """A threshold.json's contents and its (image, pixel) thresholds, refused unless it was
+    calibrated with this model's settings, checkpoint, grid and reference bank."""
+    saved = read_json(path, "threshold_file")
+    try:
+        image_t = float(saved["image_threshold"])
+        pixel_t = None if saved.get("pixel_threshold") is None else float(saved["pixel_threshold"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"threshold_file {path} is not a threshold.json ({exc})", field="threshold_file") from exc
+    if not all(np.isfinite(v) for v in (image_t, pixel_t) if v is not None):
+        raise UserError(f"threshold_file {path} holds a threshold that is not a finite number",
+                        field="threshold_file")
+    check_threshold_file(saved, model, path)
+    _check_threshold_grid(saved, path, grid, max_tiles)
+    own = model.reference_digest
+    if saved.get("reference") != own:
+        calibrated = "with a reference bank" if saved.get("reference") else "without a reference"
+        raise UserError(f"{path} was calibrated {calibrated}, and this run uses {'another bank' if own else 'none'}; "
+                        f"give the same reference or recalibrate with calibrate_on", field="reference")
+    return saved, (image_t, pixel_t)
 
 
 def resolve_thresholds(model: DHRCLIP | OnnxDetector, config: PredictConfig) -> tuple[float | None, float | None]:
@@ -167,20 +195,8 @@ def resolve_thresholds(model: DHRCLIP | OnnxDetector, config: PredictConfig) -> 
     stored = model.thresholds if isinstance(model, OnnxDetector) else {}
     image_t, pixel_t = stored.get("image_threshold"), stored.get("pixel_threshold")
     if config.threshold_file is not None:
-        saved = read_json(config.threshold_file, "threshold_file")
-        try:
-            image_t, pixel_t = float(saved["image_threshold"]), saved.get("pixel_threshold")
-        except (KeyError, TypeError, ValueError) as exc:
-            raise UserError(f"threshold_file {config.threshold_file} is not a threshold.json ({exc})",
-                            field="threshold_file") from exc
-        check_threshold_file(saved, model, config.threshold_file)
-        _check_threshold_grid(saved, config)
-        own = model.reference_digest
-        if saved.get("reference") != own:
-            raise UserError(f"{config.threshold_file} was calibrated "
-                            f"{'with a reference bank' if saved.get('reference') else 'without a reference'}, and "
-                            f"this run uses {'another bank' if own else 'none'}; give the same reference or "
-                            f"recalibrate with calibrate_on", field="reference")
+        saved, (image_t, pixel_t) = read_threshold_file(config.threshold_file, model, config.grid,
+                                                        config.max_tiles)
     if config.calibrate_on is not None:
         found = calibrate(model, config.calibrate_on, config.calibrate_quantile, config.batch_size,
                           config.num_workers, config.bit_depth, config.on_error == "skip", config.save_path,
@@ -350,6 +366,6 @@ def _write_table(out: Path, rows: list[dict], image_t: float | None, pixel_t: fl
         "image_threshold": image_t, "pixel_threshold": pixel_t,
         "checkpoint": str(model.checkpoint) if model.checkpoint else None,
         "config": model.config.to_dict(), "predict_config": config.to_dict(),
-        "reference": ({"images": model.reference.sources, "digest": model.reference_digest}
-                      if model.reference is not None else model.reference_digest),
+        "reference": ({"images": model.reference_sources, "digest": model.reference_digest}
+                      if model.reference_digest else None),
         "predictions": rows})

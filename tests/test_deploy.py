@@ -153,3 +153,55 @@ def test_resize_bilinear_equals_opencv():
     for h, w in [(80, 100), (20, 20), (37, 53), (111, 7)]:
         want = cv2.resize(amap, (w, h), interpolation=cv2.INTER_LINEAR)
         assert np.abs(resize_bilinear(amap, h, w) - want).max() < 1e-5
+
+
+def test_decisions_agree_when_thresholds_split_the_images(exported, checkpoint, parts, tmp_path):
+    onnx_model = OnnxDetector(exported)
+    results = onnx_model.predict(sorted(str(p) for p in parts.glob("*.png")))
+    scores = sorted(r.score for r in results)
+    peaks = sorted(r.map_max for r in results)
+    cut = ["--threshold", str((scores[1] + scores[2]) / 2), "--pixel_threshold", str((peaks[3] + peaks[4]) / 2)]
+    common = ["--input", str(parts), "--num_workers", "0", *cut]
+    cli.predict_main(["--onnx", str(exported), "--save_path", str(tmp_path / "onnx"), *common])
+    cli.predict_main(["--checkpoint_path", str(checkpoint), "--grid", "fixed", "--device", "cpu",
+                      "--save_path", str(tmp_path / "torch"), *common])
+    decisions = {}
+    for name in ("onnx", "torch"):
+        with open(tmp_path / name / "predictions.csv") as handle:
+            decisions[name] = [row["decision"] for row in csv.DictReader(handle)]
+    assert decisions["onnx"] == decisions["torch"]
+    assert set(decisions["onnx"]) == {"normal", "anomalous"}  # the cut does split them
+
+
+def test_bad_thresholds_opsets_and_flags_are_refused(checkpoint, exported, parts, tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"image_threshold": "high"}))
+    cases = [
+        (cli.export_main, ["--checkpoint_path", str(checkpoint), "--output", str(tmp_path / "a.onnx"),
+                           "--threshold_file", str(bad), "--device", "cpu"], "--threshold_file"),
+        (cli.export_main, ["--checkpoint_path", str(checkpoint), "--output", str(tmp_path / "b.onnx"),
+                           "--opset", "17", "--device", "cpu"], "--opset"),
+        (cli.predict_main, ["--onnx", str(exported), "--input", str(parts), "--precision", "fp16",
+                            "--save_path", str(tmp_path / "c")], "--precision"),
+        (cli.predict_main, ["--onnx", str(exported), "--input", str(parts), "--device", "cuda",
+                            "--save_path", str(tmp_path / "d")], "--device"),
+    ]
+    for main, argv, flag in cases:
+        with pytest.raises(SystemExit) as done:
+            main(argv)
+        assert done.value.code == 2 and flag in capsys.readouterr().err, flag
+    assert not (tmp_path / "a.onnx").exists() and not (tmp_path / "b.onnx").exists()
+
+
+def test_calibrating_on_a_baked_banks_own_images_is_refused(checkpoint, parts, tmp_path, capsys):
+    goods = tmp_path / "good"
+    goods.mkdir()
+    for k in range(2):
+        (goods / f"g{k}.png").write_bytes((parts / f"part_{k}.png").read_bytes())
+    cli.export_main(["--checkpoint_path", str(checkpoint), "--output", str(tmp_path / "few.onnx"),
+                     "--reference", str(goods), "--device", "cpu"])
+    assert OnnxDetector(tmp_path / "few.onnx").reference_sources == [str(p.resolve()) for p in sorted(goods.iterdir())]
+    with pytest.raises(SystemExit):
+        cli.predict_main(["--onnx", str(tmp_path / "few.onnx"), "--input", str(goods), "--calibrate_on", str(goods),
+                          "--save_path", str(tmp_path / "out")])
+    assert "cannot leave an image out" in capsys.readouterr().err
