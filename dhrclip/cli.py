@@ -210,6 +210,7 @@ def export_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", default=None,
                    help="few-shot: good images or a saved bank (.safetensors) to bake into the graph")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (18 or newer)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     add_grid_arguments(p, "fixed")
     add_model_arguments(p, from_checkpoint=True)
     return p
@@ -368,6 +369,9 @@ def _export(args: argparse.Namespace) -> None:
     if args.print_config:
         _print_config(DHRCLIP.resolve_config(args.checkpoint_path, args.pretrained, **overrides))
         return
+    if args.output.exists() and not args.overwrite:
+        raise UserError(f"output {args.output} exists; choose another file or add --overwrite to replace it",
+                        field="output")
     # traced in fp32; --precision fp16 converts the vision tower of the traced copy
     model = DHRCLIP.from_checkpoint(args.checkpoint_path, pretrained=args.pretrained, device=args.device,
                                     precision="fp32", **overrides)

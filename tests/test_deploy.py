@@ -186,6 +186,8 @@ def test_bad_thresholds_opsets_and_flags_are_refused(checkpoint, exported, parts
         (cli.predict_main, ["--onnx", str(exported), "--input", str(parts), "--device", "cuda",
                             "--save_path", str(tmp_path / "d")], "--device"),
     ]
+    cases.append((cli.export_main, ["--checkpoint_path", str(checkpoint), "--output", str(exported), "--device", "cpu"],
+                  "--overwrite"))  # an existing file is not replaced unless asked
     for main, argv, flag in cases:
         with pytest.raises(SystemExit) as done:
             main(argv)
