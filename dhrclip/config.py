@@ -114,6 +114,12 @@ class ModelConfig:
                 return f.name
         return None
 
+    def same_weights(self, other: ModelConfig) -> bool:
+        """Whether both name the same weights: by fingerprint when either has one (a file), else by tag."""
+        if self.weights_fingerprint or other.weights_fingerprint:
+            return self.weights_fingerprint == other.weights_fingerprint
+        return self.pretrained == other.pretrained
+
 
 # Checkpoints of the authors' code and of AnomalyCLIP carry no configuration. Their run
 # script's settings apply, except the taps: the authors' four taps all held layer 24

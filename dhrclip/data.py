@@ -13,7 +13,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from .errors import UserError
-from .images import ImageSource, image_from_source, load_mask, load_rgb
+from .images import ImageSource, canvas_array, image_from_source, load_mask, load_rgb
 from .metrics import region_sizes
 from .tiling import Placement, place
 
@@ -23,10 +23,8 @@ ITEM_KEYS = ("img_path", "mask_path", "cls_name", "specie_name", "anomaly")
 
 
 def to_canvas(img: Image.Image, size: int | tuple[int, int]) -> torch.Tensor:
-    """Bicubic resize to size × size (or (height, width)), as a uint8 (3, H, W) tensor."""
-    h, w = (size, size) if isinstance(size, int) else size
-    resized = img.resize((w, h), Image.Resampling.BICUBIC)
-    return torch.from_numpy(np.asarray(resized, dtype=np.uint8).copy()).permute(2, 0, 1)
+    """``images.canvas_array`` as a uint8 (3, H, W) tensor."""
+    return torch.from_numpy(np.ascontiguousarray(canvas_array(img, size)))
 
 
 def resize_mask(mask: np.ndarray, size: int | tuple[int, int]) -> torch.Tensor:
@@ -60,6 +58,13 @@ def _place_mask(mask: np.ndarray, placed: Placement, tile: int) -> torch.Tensor:
     out = torch.zeros(placed.rows * tile, placed.cols * tile, dtype=torch.bool)
     out[placed.box[0], placed.box[1]] = resize_mask(mask, (placed.height, placed.width))
     return out
+
+
+def placements(batch: dict) -> list[Placement] | None:
+    """The placements an AutoGrid batch carries (None for the fixed canvas)."""
+    if "placement" not in batch:
+        return None
+    return [Placement(*(int(v) for v in row)) for row in batch["placement"]]
 
 
 def collate(samples: list[dict]) -> dict:

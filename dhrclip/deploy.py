@@ -16,11 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from .config import ModelConfig
 from .errors import UserError
-from .images import ImageSource, image_from_source
+from .images import ImageSource, canvas_array, image_from_source
 
 META_PREFIX = "dhrclip."
 
@@ -106,10 +105,6 @@ class OnnxDetector:
         maps, scores = self.session.run(None, {"canvas": np.ascontiguousarray(canvases, dtype=np.uint8)})
         return maps, scores
 
-    def to_canvas(self, image: Image.Image) -> np.ndarray:
-        resized = image.resize((self.canvas, self.canvas), Image.Resampling.BICUBIC)
-        return np.asarray(resized, dtype=np.uint8).transpose(2, 0, 1)
-
     def iter_predictions(self, sources: list[ImageSource], batch_size: int = 8, num_workers: int | str = 0,
                          desc: str = "predicting", bit_depth: int | None = None, skip_errors: bool = False,
                          grid: str = "fixed", max_tiles: int = 9, exclude: list[int] | None = None
@@ -132,7 +127,7 @@ class OnnxDetector:
                         raise
                     yield i, str(exc)
                     continue
-                canvases.append(self.to_canvas(image))
+                canvases.append(canvas_array(image, self.canvas))
                 kept.append(i)
                 sizes.append((image.height, image.width))
             if not kept:

@@ -115,10 +115,7 @@ class ReferenceBank:
     def check(self, config: ModelConfig, grid: str, max_tiles: int, where: str) -> None:
         """Refuse a bank built with other vision settings or another grid: its tokens would not be
         comparable with this model's (the prompts do not matter)."""
-        same_weights = (self.config.weights_fingerprint == config.weights_fingerprint
-                        if self.config.weights_fingerprint or config.weights_fingerprint
-                        else self.config.pretrained == config.pretrained)
-        name = None if same_weights else "pretrained"
+        name = None if self.config.same_weights(config) else "pretrained"
         unused = ("pretrained", "weights_fingerprint", "depth", "n_ctx", "t_n_ctx", "sigma", "alpha")
         if grid == "auto":  # the canvas and its fixed tiling play no part
             unused += ("target_image_size", "tiles_per_side")

@@ -130,6 +130,13 @@ def to_rgb(img: Image.Image, bit_depth: int | None = None) -> Image.Image:
     return img.convert("RGB")
 
 
+def canvas_array(img: Image.Image, size: int | tuple[int, int]) -> np.ndarray:
+    """Bicubic resize to size × size (or (height, width)), as a uint8 (3, H, W) array: the canvas
+    of the PyTorch path and of the ONNX runtime alike."""
+    h, w = (size, size) if isinstance(size, int) else size
+    return np.asarray(img.resize((w, h), Image.Resampling.BICUBIC), dtype=np.uint8).transpose(2, 0, 1)
+
+
 def load_mask(path: Path) -> np.ndarray:
     """A ground-truth mask as bool (H, W): any non-zero value in any channel is anomalous."""
     img = _open(path, "mask")

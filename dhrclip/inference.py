@@ -16,14 +16,13 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .data import AutoGrid, CanvasDataset, ImageDataset, collate, worker_count
+from .data import AutoGrid, CanvasDataset, ImageDataset, collate, placements, worker_count
 from .images import ImageSource
 from .distributed import world
 from .errors import UserError
 from .fewshot import ReferenceBank, patch_inside
 from .maps import minmax_normalize
 from .model import DHRCLIPModel
-from .tiling import Placement
 
 
 @dataclass
@@ -116,13 +115,13 @@ def iter_batches(model: DHRCLIPModel, dataset: CanvasDataset | ImageDataset, bat
         images = images.to(device, non_blocking=True)
         skip = torch.tensor([exclude[int(i)] for i in index], device=device) if exclude is not None else None
         if auto:
-            placements = [Placement(*(int(v) for v in row)) for row in batch["placement"]]
-            maps, scores = model.forward_placed(images, model.grid(placements[0].rows, placements[0].cols),
-                                                placements, text, skip)
+            placed = placements(batch)
+            maps, scores = model.forward_placed(images, model.grid(placed[0].rows, placed[0].cols), placed,
+                                                text, skip)
             if map_norm == "per-image":
                 maps = [minmax_normalize(m[None])[0] for m in maps]
             finite = torch.stack([torch.isfinite(m).all() for m in maps]) & torch.isfinite(scores)
-            grids = [(p.rows, p.cols) for p in placements]
+            grids = [(p.rows, p.cols) for p in placed]
         else:
             maps, scores = model(images, text, skip)
             if map_norm == "per-image":
@@ -184,14 +183,14 @@ def build_reference(model: DHRCLIPModel, dataset: CanvasDataset | ImageDataset, 
             bad = next(e for e in batch["error"] if e)
             raise UserError(f"a reference image could not be read: {bad}", field="reference")
         images = batch["image"].to(model.device)
-        placements = [Placement(*(int(v) for v in row)) for row in batch["placement"]] if auto else None
-        tiles = model.grid(placements[0].rows, placements[0].cols) if auto else model.tiles
-        feats = model.encode_views(images, tiles, placements)
+        placed = placements(batch)
+        tiles = model.grid(placed[0].rows, placed[0].cols) if auto else model.tiles
+        feats = model.encode_views(images, tiles, placed)
         for k, index in enumerate(batch["index"].tolist()):
             keep_g = keep_t = None
             if auto:
-                keep_g = patch_inside(placements[k], tiles, feats.global_size, feats.global_grid)
-                keep_t = torch.cat([patch_inside(placements[k], tiles, None, feats.tile_grid, origin)
+                keep_g = patch_inside(placed[k], tiles, feats.global_size, feats.global_grid)
+                keep_t = torch.cat([patch_inside(placed[k], tiles, None, feats.tile_grid, origin)
                                     for origin in tiles.boxes])
                 if not keep_g.any() or not keep_t.any():
                     raise UserError(f"reference image {dataset.describe(index)} is too small to cover one "

@@ -140,10 +140,7 @@ def check_threshold_file(saved: dict, model: DHRCLIP, path: Path) -> None:
         return
     recorded = ModelConfig.from_dict(saved["config"], where=str(path))
     current = model.config
-    same_weights = (recorded.weights_fingerprint == current.weights_fingerprint
-                    if recorded.weights_fingerprint or current.weights_fingerprint
-                    else recorded.pretrained == current.pretrained)
-    name = None if same_weights else "pretrained"
+    name = None if recorded.same_weights(current) else "pretrained"
     name = name or current.first_difference(recorded, ignore=("pretrained", "weights_fingerprint"))
     if name is not None:
         raise UserError(f"this run uses {name}={getattr(current, name)}, but {path} was calibrated with "

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from .checkpoint import Checkpoint, latest_checkpoint, load_prompts, read_checkpoint, save_checkpoint
 from .config import ModelConfig, TrainConfig, check_resumable
-from .data import AutoGrid, CanvasDataset, Item, collate, has_masks, read_meta, worker_count
+from .data import AutoGrid, CanvasDataset, Item, collate, has_masks, placements, read_meta, worker_count
 from .images import image_shape
 from .detector import DHRCLIP, check_backbone
 from .distributed import barrier, sum_across, world
@@ -34,7 +34,7 @@ from .feature_cache import GroupedFeatureCache
 from .losses import image_loss, segmentation_loss
 from .model import DHRCLIPModel, ViewFeatures
 from .runtime import seed_everything
-from .tiling import Placement, choose_grid
+from .tiling import choose_grid
 
 log = logging.getLogger(__name__)
 
@@ -224,11 +224,9 @@ def _batches(model: DHRCLIPModel, dataset: CanvasDataset, batches: list[torch.Te
         images = batch["image"].to(device, non_blocking=True)
         masks = batch["mask"].to(device, non_blocking=True)
         labels = batch["label"].to(device, non_blocking=True)
-        if "placement" in batch:
-            placements = [Placement(*(int(v) for v in row)) for row in batch["placement"]]
-            feats = model.encode_views(images, model.grid(placements[0].rows, placements[0].cols), placements)
-        else:
-            feats = model.encode_views(images)
+        placed = placements(batch)
+        tiles = model.grid(placed[0].rows, placed[0].cols) if placed else None
+        feats = model.encode_views(images, tiles, placed)
         if cache is not None:
             cache.store(indices, feats, masks, labels, feats.tiles.count)
         yield feats, masks, labels
