@@ -98,8 +98,9 @@ class FigureSpool:
         barrier()
         self.scratch.mkdir(parents=True)
         self.written: list[int] = []
+        self.ranges: dict[str, list[float]] = {}  # per class: lowest and highest score written here
 
-    def add(self, positions: np.ndarray, maps: torch.Tensor | list[torch.Tensor], scores: np.ndarray,
+    def add(self, cls: str, positions: np.ndarray, maps: torch.Tensor | list[torch.Tensor], scores: np.ndarray,
             sizes: np.ndarray, masks: torch.Tensor | list[torch.Tensor] | None) -> None:
         maps16 = [m.half().cpu().numpy() for m in maps]
         masks_np = [m.cpu().numpy() for m in masks] if masks is not None else None
@@ -107,20 +108,14 @@ class FigureSpool:
             np.savez(self.scratch / f"{int(i)}.npz", map=maps16[k], score=scores[k], size=sizes[k],
                      **({"mask": masks_np[k]} if masks_np is not None else {}))
             self.written.append(int(i))
+            _widen(self.ranges, cls, float(maps16[k].min()), float(maps16[k].max()))
 
     def draw(self, class_of: list[str], items: list[Item], bit_depth: int | None) -> None:
         """One figure per image, on its class's colour scale; the scratch folder is removed."""
-        ranges: dict[str, list[float]] = {}
-        for i in self.written:
-            with np.load(self.scratch / f"{i}.npz") as saved:
-                low, high = float(saved["map"].min()), float(saved["map"].max())
-            lo_hi = ranges.setdefault(class_of[i], [low, high])
-            lo_hi[0], lo_hi[1] = min(lo_hi[0], low), max(lo_hi[1], high)
         merged: dict[str, list[float]] = {}
-        for part in gather_all(ranges):
+        for part in gather_all(self.ranges):
             for cls, (low, high) in part.items():
-                lo_hi = merged.setdefault(cls, [low, high])
-                lo_hi[0], lo_hi[1] = min(lo_hi[0], low), max(lo_hi[1], high)
+                _widen(merged, cls, low, high)
         for i in tqdm(self.written, desc="figures", unit="image", disable=None if world().is_main else True):
             with np.load(self.scratch / f"{i}.npz") as saved:
                 save_test_figure(self.folder / class_of[i], items[i], saved["map"],
@@ -128,6 +123,12 @@ class FigureSpool:
                                  tuple(int(v) for v in saved["size"]), ColorScale.around(*merged[class_of[i]]),
                                  bit_depth)
         shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def _widen(ranges: dict[str, list[float]], cls: str, low: float, high: float) -> None:
+    """Extend ``cls``'s [lowest, highest] in ``ranges`` to take in low and high."""
+    span = ranges.setdefault(cls, [low, high])
+    span[0], span[1] = min(span[0], low), max(span[1], high)
 
 
 def _resized(amap: torch.Tensor, size: tuple[int, int] | np.ndarray) -> torch.Tensor:
@@ -261,10 +262,10 @@ def metrics_by_class(model: DHRCLIP, by_class: dict[str, list[Item]], config: Ev
             if spool is not None:
                 with_masks = state.pixel is not None
                 if auto:
-                    spool.add(positions[rows], [sized[k] for k in ks], batch.scores[rows], batch.sizes[rows],
-                              [batch.masks[k] for k in ks] if with_masks else None)
+                    spool.add(name, positions[rows], [sized[k] for k in ks], batch.scores[rows],
+                              batch.sizes[rows], [batch.masks[k] for k in ks] if with_masks else None)
                 else:
-                    spool.add(positions[rows], batch.maps[on_device], batch.scores[rows], batch.sizes[rows],
+                    spool.add(name, positions[rows], batch.maps[on_device], batch.scores[rows], batch.sizes[rows],
                               batch.masks[on_device] if with_masks else None)
         metrics_s += time.perf_counter() - began
     barrier()  # waiting for the other processes' inference is inference time

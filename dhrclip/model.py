@@ -35,6 +35,12 @@ class ViewFeatures:
     global_size: tuple[int, int]        # (height, width) of the global view
 
 
+def few_shot_scores(scores: torch.Tensor, few_peaks: torch.Tensor) -> torch.Tensor:
+    """Image scores with a reference bank: the mean of the zero-shot score and the maximum of the
+    smoothed few-shot map (docs/method.md §11)."""
+    return (scores + few_peaks) / 2
+
+
 class DHRCLIPModel(nn.Module):
     """Frozen CLIP backbone plus the trainable ``PromptLearner``.
 
@@ -174,8 +180,7 @@ class DHRCLIPModel(nn.Module):
         scores = image_scores(self.image_logits(feats, text))
         if self.reference is None:
             return smoothed[0], scores
-        few_max = torch.stack([m.max() for m in smoothed[1]])
-        return [z + f for z, f in zip(*smoothed)], (scores + few_max) / 2
+        return [z + f for z, f in zip(*smoothed)], few_shot_scores(scores, torch.stack([m.max() for m in smoothed[1]]))
 
     @torch.no_grad()
     def forward(self, canvas: torch.Tensor, text: torch.Tensor | None = None,
@@ -194,7 +199,7 @@ class DHRCLIPModel(nn.Module):
         if self.reference is None:
             return maps, scores
         few = gaussian_blur(self.few_shot_maps(feats, exclude).float(), self.config.sigma)
-        return maps + few, (scores + few.flatten(1).max(dim=1).values) / 2
+        return maps + few, few_shot_scores(scores, few.flatten(1).max(dim=1).values)
 
     @torch.no_grad()
     def forward_placed(self, canvas: torch.Tensor, tiles: TileGrid, placements: list[Placement],
