@@ -88,10 +88,11 @@ class Item:
     """One row of a meta.json index, with paths resolved against the dataset root."""
 
     image: Path
-    mask: Path | None
+    masks: tuple[Path, ...]  # empty: no mask; several: their union
     cls_name: str
     specie_name: str
     anomaly: int
+    mask_threshold: float = 0  # a mask pixel above this is anomalous (about 127 for JPEG masks)
 
 
 def read_meta(root: Path, split: str = "test", classes: list[str] | None = None) -> dict[str, list[Item]]:
@@ -129,8 +130,8 @@ def _check_files(meta_path: Path, split: str, by_class: dict[str, list[Item]]) -
     """Fail before any work starts when a listed image or mask does not exist."""
     for cls, items in by_class.items():
         for i, item in enumerate(items):
-            for path, what in ((item.image, "image"), (item.mask, "mask")):
-                if path is not None and not path.is_file():
+            for path, what in ((item.image, "image"), *((mask, "mask") for mask in item.masks)):
+                if not path.is_file():
                     raise UserError(f"{what} not found: {path} (listed in {meta_path} as {split}/{cls}[{i}])")
 
 
@@ -142,16 +143,22 @@ def _item(root: Path, meta_path: Path, split: str, cls: str, index: int, row: ob
         raise UserError(f"{where}: 'anomaly' must be 0 or 1, got {row['anomaly']!r}")
     if not isinstance(row["img_path"], str) or not row["img_path"]:
         raise UserError(f"{where}: 'img_path' must be a non-empty path")
-    mask = row["mask_path"]
-    if not isinstance(mask, str):
-        raise UserError(f"{where}: 'mask_path' must be a string ('' for none)")
-    return Item(image=root / row["img_path"], mask=root / mask if mask else None,
-                cls_name=str(row["cls_name"]), specie_name=str(row["specie_name"]), anomaly=int(row["anomaly"]))
+    masks = row["mask_path"]
+    if isinstance(masks, str):
+        masks = [masks] if masks else []
+    if not isinstance(masks, list) or not all(isinstance(m, str) and m for m in masks):
+        raise UserError(f"{where}: 'mask_path' must be a path, a list of paths (read as their union) or '' for none")
+    threshold = row.get("mask_threshold", 0)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or threshold < 0:
+        raise UserError(f"{where}: 'mask_threshold' must be a number >= 0 (a mask pixel above it is anomalous), "
+                        f"got {threshold!r}")
+    return Item(image=root / row["img_path"], masks=tuple(root / m for m in masks), cls_name=str(row["cls_name"]),
+                specie_name=str(row["specie_name"]), anomaly=int(row["anomaly"]), mask_threshold=threshold)
 
 
 def has_masks(items: list[Item]) -> bool:
     """True when every anomalous item has a mask (pixel metrics and training need them)."""
-    return all(item.mask is not None for item in items if item.anomaly)
+    return all(item.masks for item in items if item.anomaly)
 
 
 class CanvasDataset(Dataset):
@@ -192,10 +199,10 @@ class CanvasDataset(Dataset):
         else:
             sample["image"] = to_canvas(img, self.canvas)
         if self.with_masks:
-            if item.mask is not None:
-                mask = load_mask(item.mask)
+            if item.masks:
+                mask = load_mask(item.masks, item.mask_threshold)
                 if mask.shape != (img.height, img.width):
-                    raise UserError(f"mask {item.mask} is {mask.shape[1]}x{mask.shape[0]} but its image "
+                    raise UserError(f"mask {item.masks[0]} is {mask.shape[1]}x{mask.shape[0]} but its image "
                                     f"{item.image} is {img.width}x{img.height}")
             else:
                 mask = np.zeros((img.height, img.width), dtype=bool)

@@ -295,13 +295,32 @@ def _classes_with_masks(by_class: dict[str, list[Item]]) -> set[str]:
     """The classes whose anomalous images all have masks; the others are named in a warning."""
     complete = set()
     for cls, items in by_class.items():
-        missing = [item.image for item in items if item.anomaly and item.mask is None]
-        if missing:
+        missing = [item.image for item in items if item.anomaly and not item.masks]
+        if missing and len(missing) == sum(item.anomaly for item in items):  # labels only, by design
+            log.info("class %s has no masks: image-level metrics only", cls)
+        elif missing:  # an index that lost some masks
             log.warning("class %s: %d anomalous image(s) have no mask (first: %s); image-level metrics only for "
                         "this class", cls, len(missing), missing[0])
         else:
             complete.add(cls)
     return complete
+
+
+def _notes(by_class: dict[str, list[Item]], pixel_classes: set[str], pixel: bool, image: bool) -> list[str]:
+    """Why metrics that were asked for are null: classes without masks have no pixel metrics, and
+    classes without both normal and anomalous test images no image metrics."""
+    notes = []
+    unmasked = [c for c in by_class if c not in pixel_classes]
+    if pixel and unmasked:
+        notes.append(f"pixel metrics null for {', '.join(unmasked)}: their anomalous images have no masks "
+                     f"(image-level ground truth only)")
+    one_sided = {c: "anomalous" if items[0].anomaly else "normal" for c, items in by_class.items()
+                 if len({item.anomaly for item in items}) == 1}
+    if image and one_sided:
+        kinds = sorted(set(one_sided.values()))
+        notes.append(f"image metrics null for {', '.join(one_sided)}: every test image is {' or '.join(kinds)}, so "
+                     f"image AUROC, AP and F1-max are undefined")
+    return notes
 
 
 def evaluate(model: DHRCLIP, config: EvalConfig) -> dict:
@@ -310,10 +329,11 @@ def evaluate(model: DHRCLIP, config: EvalConfig) -> dict:
     Prints the per-class table, appends it to ``save_path/log.txt`` and writes
     ``save_path/results.json``, which it also returns: {"dataset",
     "checkpoint", "config", "test_config", "classes": {cls: {metric: value}},
-    "mean", "timing"}; metrics are fractions, None where undefined. With
-    ``k_shot`` each class is tested with a few-shot bank of its good train images
-    (docs/method.md §11); "classes" and "mean" average the ``k_shot_runs`` draws,
-    and "k_shot" holds each draw's images and metrics and the std over draws.
+    "mean", "notes", "timing"}; metrics are fractions, None where undefined
+    ("notes" says why). With ``k_shot`` each class is tested with a few-shot bank
+    of its good train images (docs/method.md §11); "classes" and "mean" average the
+    ``k_shot_runs`` draws, and "k_shot" holds each draw's images and metrics and the
+    std over draws.
     """
     seed_everything(config.seed)
     by_class = read_meta(config.data_path, "test", config.classes)
@@ -343,6 +363,9 @@ def evaluate(model: DHRCLIP, config: EvalConfig) -> dict:
     inference_s = extreme_across(time.perf_counter() - started - metrics_s, largest=True)
     metrics_s = extreme_across(metrics_s, largest=True)
     mean = mean_metrics(per_class)
+    notes = _notes(by_class, pixel_classes, config.metrics != "image-level", want_image)
+    for note in notes:
+        log.info("%s: %s", dataset, note)
 
     names = [n for n in METRIC_NAMES
              if (want_pixel and n.startswith("pixel")) or (want_image and n.startswith("image"))]
@@ -357,6 +380,7 @@ def evaluate(model: DHRCLIP, config: EvalConfig) -> dict:
         "classes": per_class,
         "pixel_metric_classes": sorted(pixel_classes),  # the classes behind the pixel means
         "mean": mean,
+        "notes": notes,  # why a metric is null
         "timing": {"images": len(items), "inference_s": inference_s, "metrics_s": metrics_s,
                    "processes": here.size},
     }

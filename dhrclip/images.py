@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import struct
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Union
 
@@ -137,12 +138,25 @@ def canvas_array(img: Image.Image, size: int | tuple[int, int]) -> np.ndarray:
     return np.asarray(img.resize((w, h), Image.Resampling.BICUBIC), dtype=np.uint8).transpose(2, 0, 1)
 
 
-def load_mask(path: Path) -> np.ndarray:
-    """A ground-truth mask as bool (H, W): any non-zero value in any channel is anomalous."""
-    img = _open(path, "mask")
-    if img.mode == "P":
-        img = img.convert("RGB")
-    arr = np.asarray(img)
-    if arr.ndim == 3:
-        arr = arr[..., :3].max(axis=-1) if arr.shape[-1] != 2 else arr[..., 0]
-    return arr != 0
+def load_mask(paths: Path | Sequence[Path], threshold: float = 0) -> np.ndarray:
+    """A ground-truth mask as bool (H, W): a pixel is anomalous where its largest channel value
+    exceeds ``threshold`` in any of ``paths`` (several files are read as their union). The
+    threshold belongs to the index: 0 for lossless masks, about half the range for JPEG masks,
+    whose compression noise would otherwise count as defect."""
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    union: np.ndarray | None = None
+    for path in paths:
+        img = _open(Path(path), "mask")
+        if img.mode == "P":
+            img = img.convert("RGB")
+        arr = np.asarray(img)
+        if arr.ndim == 3:
+            arr = arr[..., :3].max(axis=-1) if arr.shape[-1] != 2 else arr[..., 0]
+        mask = arr > threshold
+        if union is not None and union.shape != mask.shape:
+            raise UserError(f"mask {path} is {mask.shape[1]}x{mask.shape[0]}, but {paths[0]} of the same image is "
+                            f"{union.shape[1]}x{union.shape[0]}")
+        union = mask if union is None else union | mask
+    if union is None:
+        raise UserError("load_mask needs at least one mask file")
+    return union

@@ -254,18 +254,17 @@ def pixel_metrics(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3) -
 
 
 def image_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float | None]:
-    """Image AUROC, AP and F1-max; None where the class lacks anomalous (or, for AUROC, normal) images."""
+    """Image AUROC, AP and F1-max; all None unless the class has both normal and anomalous
+    images: with anomalous images alone (the medical segmentation sets) AP and F1-max would be 1
+    whatever the scores, a figure that says nothing of the detector."""
     labels = np.asarray(labels).astype(bool)
     scores = np.asarray(scores, dtype=np.float64)
     _check_finite(scores)
     _, _, pos, neg = _steps_sorted(scores, labels)
     tp, fp = np.cumsum(pos), np.cumsum(neg)
-    has_pos, has_neg = tp[-1] > 0, fp[-1] > 0
-    return {
-        "auroc": _auroc(tp, fp) if has_pos and has_neg else None,
-        "ap": _ap(tp, fp) if has_pos else None,
-        "f1max": _f1max(tp, fp) if has_pos else None,
-    }
+    if tp[-1] == 0 or fp[-1] == 0:
+        return dict.fromkeys(("auroc", "ap", "f1max"))
+    return {"auroc": _auroc(tp, fp), "ap": _ap(tp, fp), "f1max": _f1max(tp, fp)}
 
 
 def legacy_aupro(masks: np.ndarray, maps: np.ndarray, max_step: int = 200, expect_fpr: float = 0.3) -> float | None:

@@ -64,7 +64,7 @@ def train(config: TrainConfig, model: ModelConfig | DHRCLIP | None = None) -> li
     by_class = read_meta(config.data_path, "test")
     items = [item for cls in by_class for item in by_class[cls]]
     if not has_masks(items):
-        missing = next(item.image for item in items if item.anomaly and item.mask is None)
+        missing = next(item.image for item in items if item.anomaly and not item.masks)
         raise UserError(f"training needs a mask for every anomalous image, and {missing} has none; "
                         f"train on a dataset with ground truth (e.g. MVTec AD or VisA)")
     resume = _resume_point(config.resume)

@@ -68,8 +68,8 @@ def test_test_py_agrees_with_independent_implementation_of_the_method(tmp_path, 
                 m, s = slow_image(clip, text, item.image, S=56, P=70, T=112, layers=[2, 4], dpam=3)
                 maps.append(m)
                 scores.append(s)
-                mask = load_mask(item.mask).astype(bool) if item.mask else np.zeros(m.shape, bool)
-                masks.append(resize_mask(mask, 112).numpy() if item.mask else mask)
+                mask = load_mask(item.masks) if item.masks else np.zeros(m.shape, bool)
+                masks.append(resize_mask(mask, 112).numpy() if item.masks else mask)
             want = slow_pixel_metrics(np.stack(masks), np.stack(maps))
             for name, value in want.items():
                 assert saved["classes"][cls][name] == pytest.approx(value, abs=0.005), (cls, name)
