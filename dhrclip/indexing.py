@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import csv
 import logging
+from collections import Counter
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Union
 
 from .files import save_json
 from .errors import UserError
@@ -33,10 +36,124 @@ def find_mask(folder: Path, image: Path) -> Path | None:
     return None
 
 
-def item(root: Path, image: Path, mask: Path | None, cls: str, specie: str, anomaly: int) -> dict:
-    return {"img_path": image.relative_to(root).as_posix(),
-            "mask_path": mask.relative_to(root).as_posix() if mask else "",
-            "cls_name": cls, "specie_name": specie, "anomaly": anomaly}
+MaskFiles = Union[Path, Sequence[Path], None]
+
+
+def item(root: Path, image: Path, mask: MaskFiles, cls: str, specie: str, anomaly: int,
+         mask_threshold: float = 0) -> dict:
+    """One meta.json item. ``mask``: none, a file, or several files read as their union (a list
+    in meta.json); ``mask_threshold`` is recorded where masks need one (JPEG: 127)."""
+    masks = [] if mask is None else [mask] if isinstance(mask, Path) else list(mask)
+    paths = [m.relative_to(root).as_posix() for m in masks]
+    row = {"img_path": image.relative_to(root).as_posix(),
+           "mask_path": paths if len(paths) > 1 else paths[0] if paths else "",
+           "cls_name": cls, "specie_name": specie, "anomaly": anomaly}
+    if masks and mask_threshold:
+        row["mask_threshold"] = mask_threshold
+    return row
+
+
+class Index:
+    """A meta.json being built: items by split and class, and the files left out by reason.
+
+    ``classes`` keeps only those classes; ``meta`` refuses a requested class
+    that was never seen. Skipped files are counted, logged by ``write_meta`` and
+    recorded under "info", so an image count that differs from a paper's can be
+    traced to what was left out.
+    """
+
+    def __init__(self, root: Path, dataset: str, classes: list[str] | None = None) -> None:
+        self.root = Path(root)
+        self.dataset = dataset
+        self.classes = set(classes) if classes else None
+        self.splits: dict[str, dict[str, list[dict]]] = {"train": {}, "test": {}}
+        self.seen: set[str] = set()
+        self.skipped: Counter[str] = Counter()
+
+    def wants(self, cls: str) -> bool:
+        """Whether items of ``cls`` are kept; ``cls`` is recorded as present either way."""
+        self.seen.add(cls)
+        return self.classes is None or cls in self.classes
+
+    def add(self, split: str, cls: str, image: Path, anomaly: int, mask: MaskFiles = None, specie: str = "",
+            mask_threshold: float = 0) -> None:
+        if self.wants(cls):
+            self.splits[split].setdefault(cls, []).append(
+                item(self.root, image, mask, cls, specie or ("good" if not anomaly else "anomaly"), anomaly,
+                     mask_threshold))
+
+    def skip(self, reason: str, count: int = 1) -> None:
+        if count:
+            self.skipped[reason] += count
+
+    def meta(self) -> dict:
+        """The meta.json contents; a UserError when the layout held no test images."""
+        if self.classes is not None and self.classes - self.seen:
+            raise UserError(f"{self.root}: classes {sorted(self.classes - self.seen)} not found in this "
+                            f"{self.dataset} layout (it has {sorted(self.seen)})")
+        if not self.splits["test"]:
+            raise UserError(f"{self.root} holds no {self.dataset} test images; see the layouts in "
+                            f"`python generate_dataset_json/{self.dataset}.py --help`")
+        return {**self.splits, "info": {"dataset": self.dataset, "skipped": dict(sorted(self.skipped.items()))}}
+
+
+JPEG_MASK_THRESHOLD = 127  # JPEG masks: compression leaves values near 0 and 255 around every edge
+
+
+def mask_threshold_for(mask: Path) -> int:
+    """The index's threshold for a mask file: above half range for JPEG, above 0 otherwise."""
+    return JPEG_MASK_THRESHOLD if mask.suffix.lower() in (".jpg", ".jpeg") else 0
+
+
+def find_folder(root: Path, *names: str, depth: int = 3) -> Path | None:
+    """The shallowest folder at or below ``root`` (up to ``depth`` levels down, in name order)
+    that holds every one of the sub-folders ``names``; downloads often nest a dataset in
+    folders of its own name."""
+    level = [Path(root)]
+    for _ in range(depth + 1):
+        for folder in level:
+            if all((folder / name).is_dir() for name in names):
+                return folder
+        level = [sub for folder in level for sub in sorted(folder.iterdir()) if sub.is_dir()]
+    return None
+
+
+def add_pairs(index: Index, images: Path | list[Path], masks: Path, cls: str, mask_stem: Callable[[str], str] = str,
+              mask_threshold: float | None = None) -> None:
+    """Add every image of the folder(s) ``images`` as an anomalous test item with its mask from
+    ``masks``, paired by name: the mask of ``x.jpg`` is ``mask_stem("x")`` with any image
+    suffix. Never by position, as sorted-list pairing goes silently wrong after one stray
+    file. Images without a mask and masks without an image are counted as left out. The
+    threshold defaults to ``mask_threshold_for`` each mask."""
+    by_stem = {m.stem: m for m in images_in(masks)}
+    used = set()
+    for folder in images if isinstance(images, list) else [images]:
+        for image in images_in(folder):
+            mask = by_stem.get(mask_stem(image.stem))
+            if mask is None:
+                index.skip(f"images in {folder.relative_to(index.root)} without a mask")
+                continue
+            used.add(mask.stem)
+            index.add("test", cls, image, 1, mask, "anomaly",
+                      mask_threshold_for(mask) if mask_threshold is None else mask_threshold)
+    index.skip(f"masks in {masks.relative_to(index.root)} without an image", len(by_stem) - len(used))
+
+
+POLYP_LAYOUTS = (("images", "masks"), ("Original", "Ground Truth"), ("Original", "Ground_Truth"))
+
+
+def polyp_index(index: Index, cls: str, mask_threshold: float | None = None) -> dict:
+    """The segmentation sets whose images are all anomalous, found as an image folder beside a
+    mask folder (``POLYP_LAYOUTS``) at the root or up to three levels down; masks paired by
+    name (``add_pairs``)."""
+    for images, masks in POLYP_LAYOUTS:
+        folder = find_folder(index.root, images, masks)
+        if folder is not None:
+            log.info("reading %s and %s", folder / images, folder / masks)
+            add_pairs(index, folder / images, folder / masks, cls, mask_threshold=mask_threshold)
+            return index.meta()
+    layouts = " or ".join(f"{i}/ with {m}/" for i, m in POLYP_LAYOUTS)
+    raise UserError(f"{index.root} holds no {index.dataset} images: expected {layouts} (up to three levels down)")
 
 
 def mvtec_layout_index(root: Path, classes: list[str] | None = None, expected: list[str] | None = None) -> dict:
@@ -105,12 +222,17 @@ def visa_index(root: Path, classes: list[str] | None = None, csv_name: str = "sp
 
 
 def write_meta(root: Path, meta: dict) -> Path:
-    """Write ``root/meta.json`` atomically and log a summary."""
+    """Write ``root/meta.json`` atomically and log a summary, with the files left out."""
     path = Path(root) / "meta.json"
     save_json(path, meta)
-    for split, by_class in meta.items():
+    for split in ("train", "test"):
+        by_class = meta.get(split, {})
         count = sum(len(v) for v in by_class.values())
-        log.info("%s: %d classes, %d images", split, len(by_class), count)
+        anomalous = sum(row["anomaly"] for v in by_class.values() for row in v)
+        log.info("%s: %d classes, %d images (%d normal, %d anomalous)", split, len(by_class), count,
+                 count - anomalous, anomalous)
+    for reason, count in meta.get("info", {}).get("skipped", {}).items():
+        log.info("left out %d: %s", count, reason)
     log.info("wrote %s", path)
     return path
 
@@ -174,3 +296,4 @@ def csv_index(root: Path, table: Path) -> dict:
     if not meta["test"]:
         raise UserError(f"{table} lists no images")
     return meta
+

@@ -3,13 +3,17 @@ import argparse
 from pathlib import Path
 
 from dhrclip.cli import run
-from dhrclip.indexing import mvtec_layout_index, write_meta
+from dhrclip.datasets import dataset
+from dhrclip.indexing import write_meta
 
 
-def mvtec_style_main(description: str, standard_classes: list[str]) -> None:
-    """Index a dataset in the MVTec AD layout and write ROOT/meta.json."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--root", type=Path, required=True, help="dataset root")
+def dataset_main(name: str) -> None:
+    """Index dataset ``name`` at --root and write ROOT/meta.json; --help shows the layouts read."""
+    spec = dataset(name)
+    parser = argparse.ArgumentParser(description=f"Write ROOT/meta.json for {spec.title} ({spec.url}).\n\n"
+                                                 f"{spec.layout}",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", type=Path, required=True, help="dataset root; meta.json is written here")
     parser.add_argument("--classes", nargs="+", default=None, help="only these classes (default: all found)")
     parser.add_argument("--debug", action="store_true")
-    run(lambda a: write_meta(a.root, mvtec_layout_index(a.root, a.classes, standard_classes)), parser)
+    run(lambda a: write_meta(a.root, spec.index(a.root, a.classes)), parser)

@@ -1,7 +1,5 @@
-"""Write ROOT/meta.json for MPDD (layout: cls/{train,test}/{defect}/img, cls/ground_truth/{defect}/mask)."""
-from _common import mvtec_style_main
-
-from dhrclip.indexing import MPDD_CLASSES
+"""Write ROOT/meta.json for the dataset `mpdd`; --help shows the layouts it reads."""
+from _common import dataset_main
 
 if __name__ == "__main__":
-    mvtec_style_main(__doc__, MPDD_CLASSES)
+    dataset_main("mpdd")

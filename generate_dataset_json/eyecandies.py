@@ -1,0 +1,5 @@
+"""Write ROOT/meta.json for the dataset `eyecandies`; --help shows the layouts it reads."""
+from _common import dataset_main
+
+if __name__ == "__main__":
+    dataset_main("eyecandies")
