@@ -165,6 +165,28 @@ def evaluation_parser() -> argparse.ArgumentParser:
     return p
 
 
+def suite_parser() -> argparse.ArgumentParser:
+    p = _parser("Test one checkpoint zero-shot on every benchmark dataset under a data root (one folder per "
+                "dataset, named as its generator in generate_dataset_json/), indexing those without a meta.json; "
+                "writes one combined table (suite.md, suite.json) and each dataset's results.")
+    p.add_argument("--checkpoint_path", type=path_arg, required=True,
+                   help="prompt checkpoint file, or a folder (its latest epoch_N.pth)")
+    p.add_argument("--data_path", type=path_arg, required=True, help="data root holding one folder per dataset")
+    p.add_argument("--save_path", type=path_arg, default=Path("./results/zero_shot_suite"),
+                   help="where the combined table and each dataset's results go")
+    p.add_argument("--datasets", nargs="+", default=None, metavar="NAME",
+                   help="only these datasets (default: every known one that is present)")
+    p.add_argument("--reindex", action="store_true",
+                   help="rebuild every present dataset's meta.json (default: use an existing one)")
+    p.add_argument("--metrics", choices=METRIC_LEVELS, default="image-pixel-level")
+    p.add_argument("--k_shot", type=int, default=0,
+                   help="few-shot: K good train images per class as the reference bank (0: zero-shot)")
+    p.add_argument("--k_shot_runs", type=int, default=1, help="few-shot draws, reported as mean ± std")
+    add_grid_arguments(p, "fixed")
+    add_model_arguments(p, from_checkpoint=True)
+    return p
+
+
 def prediction_parser() -> argparse.ArgumentParser:
     p = _parser("Anomaly maps, scores and decisions for your own images. Model settings default to those "
                 "the checkpoint was trained with.")
@@ -294,6 +316,22 @@ def _test(args: argparse.Namespace) -> None:
     model = _load_detector(args)
     if model is not None:
         evaluate(model, config)
+
+
+def _suite(args: argparse.Namespace) -> None:
+    from .suite import run_suite
+
+    settings = EvalConfig(data_path=args.data_path, save_path=args.save_path, metrics=args.metrics,
+                          batch_size=args.batch_size, num_workers=args.num_workers, bit_depth=args.bit_depth,
+                          seed=args.seed, grid=args.grid, max_tiles=args.max_tiles, k_shot=args.k_shot,
+                          k_shot_runs=args.k_shot_runs)
+    if not args.print_config and not args.data_path.is_dir():  # before the model loads
+        raise UserError(f"data root not found: {args.data_path}", field="data_path")
+    model = _load_detector(args)
+    if model is not None:
+        report = run_suite(model, args.data_path, settings, args.datasets, args.reindex)
+        if report["failed"]:
+            sys.exit(1)
 
 
 def _predict(args: argparse.Namespace) -> None:
@@ -469,6 +507,10 @@ def predict_main(argv: list[str] | None = None) -> None:
 
 def export_main(argv: list[str] | None = None) -> None:
     run(_export, export_parser(), argv)
+
+
+def suite_main(argv: list[str] | None = None) -> None:
+    run(_suite, suite_parser(), argv)
 
 
 def demo_main(argv: list[str] | None = None) -> None:

@@ -149,6 +149,8 @@ def load_mask(paths: Path | Sequence[Path], threshold: float = 0) -> np.ndarray:
         img = _open(Path(path), "mask")
         if img.mode == "P":
             img = img.convert("RGB")
+        elif img.mode == "1":  # bilevel: as 0/255, so that any threshold keeps what is marked
+            img = img.convert("L")
         arr = np.asarray(img)
         if arr.ndim == 3:
             arr = arr[..., :3].max(axis=-1) if arr.shape[-1] != 2 else arr[..., 0]

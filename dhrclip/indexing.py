@@ -8,8 +8,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Union
 
-from .files import save_json
 from .errors import UserError
+from .files import save_json
+from .images import load_mask
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +23,18 @@ GOOD_NAMES = ("good", "ok")
 
 
 def images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    """The image files of ``folder``, sorted; hidden files (``.x``, macOS ``._x.png``) are not images."""
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+
+
+def count_images(folder: Path, pattern: str = "*") -> int:
+    """Image files at any depth of ``folder`` whose names match ``pattern`` (0 if it is not there):
+    what an index leaves out is counted with this."""
+    if not folder.is_dir():
+        return 0
+    return sum(1 for p in folder.rglob(pattern)
+               if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
 
 
 def find_mask(folder: Path, image: Path) -> Path | None:
@@ -64,6 +76,8 @@ class Index:
 
     def __init__(self, root: Path, dataset: str, classes: list[str] | None = None) -> None:
         self.root = Path(root)
+        if not self.root.is_dir():
+            raise UserError(f"dataset root not found: {self.root}")
         self.dataset = dataset
         self.classes = set(classes) if classes else None
         self.splits: dict[str, dict[str, list[dict]]] = {"train": {}, "test": {}}
@@ -82,8 +96,10 @@ class Index:
                 item(self.root, image, mask, cls, specie or ("good" if not anomaly else "anomaly"), anomaly,
                      mask_threshold))
 
-    def skip(self, reason: str, count: int = 1) -> None:
-        if count:
+    def skip(self, reason: str, count: int = 1, cls: str | None = None) -> None:
+        """Count ``count`` files left out for ``reason`` (not when they belong to a class that
+        ``classes`` leaves out anyway)."""
+        if count and (cls is None or self.wants(cls)):
             self.skipped[reason] += count
 
     def meta(self) -> dict:
@@ -105,17 +121,35 @@ def mask_threshold_for(mask: Path) -> int:
     return JPEG_MASK_THRESHOLD if mask.suffix.lower() in (".jpg", ".jpeg") else 0
 
 
-def find_folder(root: Path, *names: str, depth: int = 3) -> Path | None:
-    """The shallowest folder at or below ``root`` (up to ``depth`` levels down, in name order)
-    that holds every one of the sub-folders ``names``; downloads often nest a dataset in
-    folders of its own name."""
-    level = [Path(root)]
+def find_folder(root: Path, *names: str, depth: int = 3, prefer: tuple[str, ...] = ()
+                ) -> tuple[Path | None, list[Path]]:
+    """The folder at or below ``root`` (up to ``depth`` levels down) that holds every one of the
+    sub-folders ``names``, as downloads often nest a dataset in folders of its own name; and
+    the other such folders at the same depth. Several matches (a benchmark bundle holding
+    several datasets, or one dataset in two formats) are narrowed to those whose path
+    contains the first of ``prefer`` (case-insensitive) that any contains; if that leaves
+    more than one, the user must choose."""
+    root = Path(root)
+    level = [root]
     for _ in range(depth + 1):
-        for folder in level:
-            if all((folder / name).is_dir() for name in names):
-                return folder
-        level = [sub for folder in level for sub in sorted(folder.iterdir()) if sub.is_dir()]
-    return None
+        found = [folder for folder in level if all((folder / name).is_dir() for name in names)]
+        if found:
+            break
+        level = [sub for folder in level for sub in sorted(folder.iterdir())
+                 if sub.is_dir() and not sub.name.startswith(".")]
+    else:
+        return None, []
+    chosen = found
+    for fragment in prefer:
+        matching = [f for f in found if fragment.lower() in f.relative_to(root).as_posix().lower()]
+        if matching:
+            chosen = matching
+            break
+    if len(chosen) > 1:
+        listed = ", ".join(str(f.relative_to(root)) or "." for f in chosen)
+        raise UserError(f"{root} holds several folders with {' and '.join(n + '/' for n in names)}: {listed}; "
+                        f"give the one to index as the root")
+    return chosen[0], [f for f in found if f != chosen[0]]
 
 
 def add_pairs(index: Index, images: Path | list[Path], masks: Path, cls: str, mask_stem: Callable[[str], str] = str,
@@ -139,24 +173,43 @@ def add_pairs(index: Index, images: Path | list[Path], masks: Path, cls: str, ma
     index.skip(f"masks in {masks.relative_to(index.root)} without an image", len(by_stem) - len(used))
 
 
+def suffixed_masks(folder: Path, suffix: str, masks: Path | None = None) -> list[tuple[Path, Path | None]]:
+    """The images of ``folder``, each with its mask ``<stem><suffix>.*`` from ``masks`` (default:
+    among the images themselves, as KolektorSDD keeps them), or None."""
+    files = images_in(folder)
+    candidates = files if masks is None else images_in(masks) if masks.is_dir() else []
+    by_stem = {f.stem.removesuffix(suffix): f for f in candidates if f.stem.endswith(suffix)}
+    return [(f, by_stem.get(f.stem)) for f in files if not f.stem.endswith(suffix)]
+
+
+def marks_anything(mask: Path) -> bool:
+    """Whether a mask marks any pixel: the label of the sets that give every image a mask,
+    empty when the image is normal (KolektorSDD, KolektorSDD2)."""
+    return bool(load_mask(mask, mask_threshold_for(mask)).any())
+
+
 POLYP_LAYOUTS = (("images", "masks"), ("Original", "Ground Truth"), ("Original", "Ground_Truth"))
 
 
-def polyp_index(index: Index, cls: str, mask_threshold: float | None = None) -> dict:
+def polyp_index(index: Index, cls: str, mask_threshold: float | None = None, prefer: tuple[str, ...] = ()) -> dict:
     """The segmentation sets whose images are all anomalous, found as an image folder beside a
-    mask folder (``POLYP_LAYOUTS``) at the root or up to three levels down; masks paired by
-    name (``add_pairs``)."""
+    mask folder (``POLYP_LAYOUTS``) at the root or up to three levels down (``find_folder``,
+    with ``prefer``); masks paired by name (``add_pairs``)."""
     for images, masks in POLYP_LAYOUTS:
-        folder = find_folder(index.root, images, masks)
+        folder, others = find_folder(index.root, images, masks, prefer=prefer)
         if folder is not None:
             log.info("reading %s and %s", folder / images, folder / masks)
             add_pairs(index, folder / images, folder / masks, cls, mask_threshold=mask_threshold)
+            for other in others:
+                index.skip(f"images of another copy or dataset in {other.relative_to(index.root)}/",
+                           count_images(other / images))
             return index.meta()
     layouts = " or ".join(f"{i}/ with {m}/" for i, m in POLYP_LAYOUTS)
     raise UserError(f"{index.root} holds no {index.dataset} images: expected {layouts} (up to three levels down)")
 
 
-def mvtec_layout_index(root: Path, classes: list[str] | None = None, expected: list[str] | None = None) -> dict:
+def mvtec_layout_index(root: Path, classes: list[str] | None = None, expected: list[str] | None = None,
+                       dataset: str | None = None) -> dict:
     """Index ``cls/{train,test}/{defect}/img`` with masks in ``cls/ground_truth/{defect}/``.
 
     Serves MVTec AD, MPDD, BTAD and synthetic data. Classes default to every
@@ -191,6 +244,8 @@ def mvtec_layout_index(root: Path, classes: list[str] | None = None, expected: l
                     rows.append(item(root, image, mask, cls, defect, 0 if normal else 1))
             if rows:
                 meta[split][cls] = rows
+    if dataset is not None:  # written by this dataset's generator
+        meta["info"] = {"dataset": dataset, "skipped": {}}
     return meta
 
 
@@ -218,6 +273,7 @@ def visa_index(root: Path, classes: list[str] | None = None, csv_name: str = "sp
                 "cls_name": cls, "specie_name": "", "anomaly": anomaly})
     if not meta["test"]:
         raise UserError(f"{table} lists no test images" + (f" of {classes}" if classes else ""))
+    meta["info"] = {"dataset": "visa", "skipped": {}}
     return meta
 
 

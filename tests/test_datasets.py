@@ -18,35 +18,7 @@ from dhrclip.datasets import DATASETS
 from dhrclip.errors import UserError
 from dhrclip.images import load_mask
 from dhrclip.indexing import write_meta
-
-H, W = 40, 48
-BOX = (slice(9, 27), slice(13, 35))  # edges off the 8×8 JPEG grid, so JPEG rings around them
-rng = np.random.default_rng(0)
-
-
-def image(path: Path, size: tuple[int, int] = (H, W)) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    assert cv2.imwrite(str(path), rng.integers(0, 255, (*size, 3), dtype=np.uint8))
-    return path
-
-
-def mask(path: Path, box: tuple[slice, slice] | None = BOX, value: int = 255, channels: int = 1) -> Path:
-    """A mask painted ``value`` in ``box`` (empty for None); JPEG files at quality 90."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    m = np.zeros((H, W), np.uint8)
-    if box is not None:
-        m[box] = value
-    if channels == 3:
-        m = np.repeat(m[..., None], 3, axis=-1)
-    jpeg = path.suffix.lower() in (".jpg", ".jpeg")
-    assert cv2.imwrite(str(path), m, [cv2.IMWRITE_JPEG_QUALITY, 90] if jpeg else [])
-    return path
-
-
-def painted() -> np.ndarray:
-    m = np.zeros((H, W), bool)
-    m[BOX] = True
-    return m
+from layouts import BOX, image, mask, painted
 
 
 def counts(meta: dict) -> dict:
@@ -69,7 +41,11 @@ def indexed(name: str, root: Path) -> dict:
 
 
 def test_every_dataset_has_a_generator_and_a_documented_layout():
+    readme = (ROOT / "README.md").read_text().splitlines()
     for name, spec in DATASETS.items():
+        row = next((line for line in readme if f"`generate_dataset_json/{name}.py --root data/{name}`" in line), "")
+        assert spec.url.split()[0] in row and spec.domain in row and spec.expects in row, \
+            f"the README's dataset table lacks {name}, or says otherwise than DATASETS"
         assert (ROOT / "generate_dataset_json" / f"{name}.py").is_file(), name
         assert spec.domain in ("industrial", "medical") and spec.masks in ("pixel", "image", "pixel-only"), name
         assert "/" in spec.layout and len(spec.layout) > 150, name  # a drawn layout, not a one-liner
@@ -215,7 +191,7 @@ def test_eyecandies_labels_from_metadata_one_lighting(tmp_path):
             (cls / phase / "data" / f"{name}_metadata.yaml").write_text(f"anomalous: {anomalous}\nbumps: 0\n")
 
     sample("train", "000", 0)
-    sample("train", "001", 0)
+    sample("train", "001", None)  # train samples may come without metadata: normal by construction
     for i, label in enumerate((0, 0, 1, 1)):
         sample("test_public", f"{i:02d}", label)
     sample("val", "00", 0)
@@ -378,3 +354,56 @@ def test_generator_script_prints_the_layout_and_writes_meta(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert Counter(r["anomaly"] for r in json.loads((tmp_path / "meta.json").read_text())["test"]["thyroid"]) == {1: 2}
+
+
+@pytest.mark.parametrize("name", sorted(DATASETS))
+def test_a_missing_root_is_a_clear_error(tmp_path, name):
+    with pytest.raises(UserError, match="not found"):
+        DATASETS[name].index(tmp_path / "nowhere", None)
+
+
+def test_hidden_files_are_not_images(tmp_path):
+    for i, defective in enumerate((False, True)):
+        image(tmp_path / "test" / f"{i}.png")
+        mask(tmp_path / "test" / f"{i}_GT.png", BOX if defective else None)
+    (tmp_path / "test" / "._0_GT.png").write_bytes(b"\0\5\x16\7 resource fork")  # macOS AppleDouble files
+    (tmp_path / "test" / "._1.png").write_bytes(b"\0\5\x16\7 resource fork")
+    assert counts(indexed("ksdd2", tmp_path)) == {("test", "ksdd2"): (1, 1, 1)}
+
+
+def test_a_bilevel_mask_keeps_its_region_under_a_threshold(tmp_path):
+    from PIL import Image
+    Image.fromarray(painted()).convert("1").save(tmp_path / "m.png")
+    assert np.array_equal(load_mask(tmp_path / "m.png", 127), painted())
+
+
+def test_a_bundle_of_datasets_is_read_by_name_and_an_ambiguous_one_refused(tmp_path):
+    bundle = tmp_path / "TestDataset"
+    for name, count in (("CVC-300", 1), ("CVC-ColonDB", 2), ("Kvasir", 3)):
+        for i in range(count):
+            image(bundle / name / "images" / f"{i}.png")
+            mask(bundle / name / "masks" / f"{i}.png")
+    colondb = DATASETS["colondb"].index(tmp_path, None)
+    assert counts(colondb) == {("test", "colon"): (0, 2, 2)}
+    assert sum(colondb["info"]["skipped"].values()) == 1 + 3  # the bundle's other datasets
+    assert counts(DATASETS["kvasir"].index(tmp_path, None)) == {("test", "colon"): (0, 3, 3)}
+    with pytest.raises(UserError, match="several folders with images/ and masks/: TestDataset/CVC-300, "):
+        DATASETS["endo"].index(tmp_path, None)
+
+
+def test_clinicdb_kaggle_copy_reads_png_and_counts_the_tif_copy(tmp_path):
+    for fmt, suffix in (("PNG", ".png"), ("TIF", ".tif")):
+        for stem in ("1", "2"):
+            image(tmp_path / fmt / "Original" / f"{stem}{suffix}")
+            mask(tmp_path / fmt / "Ground Truth" / f"{stem}{suffix}")
+    meta = DATASETS["clinicdb"].index(tmp_path, None)
+    assert counts(meta) == {("test", "colon"): (0, 2, 2)}
+    assert all(r["img_path"].startswith("PNG/") for r in meta["test"]["colon"])
+    assert meta["info"]["skipped"] == {"images of another copy or dataset in TIF/": 2}
+
+
+def test_isic_copy_keeps_its_good_folder_as_normal(tmp_path):
+    image(tmp_path / "skin" / "test" / "good" / "ISIC_0000001.jpg")
+    image(tmp_path / "skin" / "test" / "anomaly" / "ISIC_0000003.jpg")
+    mask(tmp_path / "skin" / "ISBI2016_ISIC_Part1_Test_GroundTruth" / "ISIC_0000003_Segmentation.png")
+    assert counts(indexed("isic", tmp_path)) == {("test", "skin"): (1, 1, 1)}

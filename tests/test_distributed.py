@@ -164,3 +164,19 @@ def test_feature_caches_of_the_processes_on_one_machine_share_its_memory(tmp_pat
     assert cache._choose(4_000) == "host"  # alone: 4 kB of 10 kB free
     monkeypatch.setattr(feature_cache, "processes_on_this_machine", lambda: 4)
     assert cache._choose(4_000) == "disk"  # four processes would need 16 kB
+
+
+def test_the_suite_under_two_processes_indexes_once_and_matches_one_process(tmp_path, checkpoint, clip_file):
+    from test_suite import replicas
+    data = replicas(tmp_path / "data")
+    entry = tmp_path / "suite_entry.py"  # what the dhrclip-suite console script runs
+    entry.write_text("import sys\nfrom dhrclip.cli import suite_main\nsuite_main(sys.argv[1:])\n")
+    common = ["--data_path", str(data), "--checkpoint_path", str(checkpoint), "--pretrained", str(clip_file),
+              *FLAGS]
+    torchrun(str(entry), "--save_path", str(tmp_path / "two"), *common)
+    assert all((data / name / "meta.json").is_file() for name in ("ksdd2", "headct", "kvasir"))
+    cli.suite_main(["--save_path", str(tmp_path / "one"), *common])
+    one, two = (json.loads((tmp_path / run / "suite.json").read_text())["datasets"] for run in ("one", "two"))
+    for name in ("ksdd2", "headct", "kvasir"):
+        assert one[name]["status"] == two[name]["status"] == "tested"
+        assert one[name]["metrics"] == two[name]["metrics"], name

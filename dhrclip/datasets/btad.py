@@ -12,4 +12,4 @@ from ..indexing import BTAD_CLASSES, mvtec_layout_index
 
 
 def index(root: Path, classes: list[str] | None = None) -> dict:
-    return mvtec_layout_index(root, classes, BTAD_CLASSES)
+    return mvtec_layout_index(root, classes, BTAD_CLASSES, dataset="btad")

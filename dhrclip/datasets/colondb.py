@@ -6,8 +6,9 @@ As distributed with the polyp-segmentation benchmarks (also nested, e.g.
     images/1.png ... 380.png
     masks/1.png ... 380.png                masks named as their frames
 
-An ``Original``/``Ground Truth`` layout like CVC-ClinicDB's is read too. Masks
-are paired by name. Pixel metrics only; class ``colon``, as in the
+An ``Original``/``Ground Truth`` layout like CVC-ClinicDB's is read too. In a
+bundle of several datasets (``TestDataset/``), the folder whose path names
+ColonDB is read. Masks are paired by name. Pixel metrics only; class ``colon``, as in the
 literature's tables.
 """
 from __future__ import annotations
@@ -20,4 +21,4 @@ CLASS = "colon"
 
 
 def index(root: Path, classes: list[str] | None = None) -> dict:
-    return polyp_index(Index(root, "colondb", classes), CLASS)
+    return polyp_index(Index(root, "colondb", classes), CLASS, prefer=("colondb",))

@@ -16,4 +16,4 @@ CLASSES = ["Blotchy_099", "Fibrous_183", "Marbled_078", "Matted_069", "Mesh_114"
 
 
 def index(root: Path, classes: list[str] | None = None) -> dict:
-    return mvtec_layout_index(root, classes, CLASSES)
+    return mvtec_layout_index(root, classes, CLASSES, dataset="dtd_synthetic")

@@ -4,7 +4,8 @@
     labels.csv                              header "id, hemorrhage" (note the space), 0/1;
                                             id N is the image N as three digits
 
-The labels live only in the CSV; a scan the CSV does not list, or a listed id
+(``labels.csv`` at the root or a level or two down, the scans beside it). The
+labels live only in the CSV; a scan the CSV does not list, or a listed id
 without its scan, is counted as left out. No masks and no train split; class
 ``brain``, as in the literature's tables.
 """
@@ -14,17 +15,12 @@ import csv
 from pathlib import Path
 
 from ..errors import UserError
-from ..indexing import Index, find_folder, images_in
+from ..indexing import Index, images_in
 
 CLASS = "brain"
 
 
-def index(root: Path, classes: list[str] | None = None) -> dict:
-    root = Path(root)
-    idx = Index(root, "headct", classes)
-    table = root / "labels.csv"
-    if not table.is_file():
-        raise UserError(f"{table} not found: the HeadCT root holds labels.csv and head_ct/head_ct/")
+def _labels(table: Path) -> dict[int, int]:
     labels = {}
     with open(table, newline="", encoding="utf-8-sig") as handle:
         for line, row in enumerate(csv.DictReader(handle), start=2):
@@ -33,8 +29,17 @@ def index(root: Path, classes: list[str] | None = None) -> dict:
                 labels[int(row["id"])] = int(row["hemorrhage"])
             except (KeyError, ValueError) as exc:
                 raise UserError(f"{table}:{line}: expected columns id, hemorrhage with integers ({exc})") from exc
-    scans = find_folder(root, "head_ct")
-    folder = scans / "head_ct" if scans is not None else root
+    return labels
+
+
+def index(root: Path, classes: list[str] | None = None) -> dict:
+    idx = Index(root, "headct", classes)
+    table = next((t for pattern in ("labels.csv", "*/labels.csv", "*/*/labels.csv")
+                  for t in sorted(idx.root.glob(pattern))), None)
+    if table is None:
+        raise UserError(f"no labels.csv in {idx.root}: the HeadCT root holds labels.csv and head_ct/head_ct/")
+    labels = _labels(table)
+    folder = table.parent
     while (folder / "head_ct").is_dir():  # head_ct/head_ct/
         folder = folder / "head_ct"
     found = set()

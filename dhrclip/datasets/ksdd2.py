@@ -3,42 +3,34 @@
     train/10000.png, train/10000_GT.png     every image has a ``_GT`` mask, empty when normal
     test/20000.png,  test/20000_GT.png
 
-Labels come from the masks alone, so each mask is read while indexing. The
-train split holds ``train/``'s normal images; its defective ones are left out
-(counted), as zero-shot testing uses ``test/``. One class,
-``ksdd2``.
+also found a level or two down. Labels come from the masks alone, so each mask
+is read while indexing. The train split holds ``train/``'s normal images; its
+defective ones are left out (counted), as zero-shot testing uses ``test/``.
+One class, ``ksdd2``.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 from ..errors import UserError
-from ..indexing import Index, images_in, mask_threshold_for
-from ..images import load_mask
+from ..indexing import Index, find_folder, marks_anything, mask_threshold_for, suffixed_masks
 
 CLASS = "ksdd2"
 
 
 def index(root: Path, classes: list[str] | None = None) -> dict:
-    root = Path(root)
     idx = Index(root, "ksdd2", classes)
-    if not (root / "test").is_dir():
-        raise UserError(f"{root} has no test/ folder: the KolektorSDD2 root holds train/ and test/")
+    folder, _ = find_folder(idx.root, "test")
+    if folder is None:
+        raise UserError(f"{idx.root} has no test/ folder: the KolektorSDD2 root holds train/ and test/")
     for split in ("train", "test"):
-        if not (root / split).is_dir():
-            continue
-        files = images_in(root / split)
-        masks = {f.stem.removesuffix("_GT"): f for f in files if f.stem.endswith("_GT")}
-        for image in (f for f in files if not f.stem.endswith("_GT")):
-            mask = masks.get(image.stem)
+        for image, mask in suffixed_masks(folder / split, "_GT") if (folder / split).is_dir() else []:
             if mask is None:
                 idx.skip(f"images in {split}/ without a _GT mask")
-                continue
-            anomalous = bool(load_mask(mask, mask_threshold_for(mask)).any())
-            if split == "train" and anomalous:
-                idx.skip("defective images of train/ (the train split holds normal images)")
-            elif anomalous:
-                idx.add(split, CLASS, image, 1, mask, "defect", mask_threshold_for(mask))
-            else:
+            elif not marks_anything(mask):
                 idx.add(split, CLASS, image, 0, specie="good")
+            elif split == "train":
+                idx.skip("defective images of train/ (the train split holds normal images)")
+            else:
+                idx.add(split, CLASS, image, 1, mask, "defect", mask_threshold_for(mask))
     return idx.meta()

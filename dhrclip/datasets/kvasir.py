@@ -10,6 +10,7 @@ The polyp benchmarks' copy (``TestDataset/Kvasir/``, 100 images) has
 ``images/*.png`` and ``masks/*.png``. Both mask formats are binarised at 127:
 the JPEG masks carry compression noise (values 1-7 and 248-254 around every
 edge), and the PNG copies were converted from them with the noise kept.
+In a bundle of several datasets, the folder whose path names Kvasir is read.
 Masks are paired by name. Pixel metrics only; class ``colon``, as in the
 literature's tables.
 """
@@ -23,4 +24,5 @@ CLASS = "colon"
 
 
 def index(root: Path, classes: list[str] | None = None) -> dict:
-    return polyp_index(Index(root, "kvasir", classes), CLASS, mask_threshold=JPEG_MASK_THRESHOLD)
+    return polyp_index(Index(root, "kvasir", classes), CLASS, mask_threshold=JPEG_MASK_THRESHOLD,
+                       prefer=("kvasir",))

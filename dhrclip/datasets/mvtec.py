@@ -13,4 +13,4 @@ from ..indexing import MVTEC_CLASSES, mvtec_layout_index
 
 
 def index(root: Path, classes: list[str] | None = None) -> dict:
-    return mvtec_layout_index(root, classes, MVTEC_CLASSES)
+    return mvtec_layout_index(root, classes, MVTEC_CLASSES, dataset="mvtec")

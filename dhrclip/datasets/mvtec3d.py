@@ -14,15 +14,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..indexing import Index, images_in
+from ..indexing import Index, count_images, images_in
 
 CLASSES = ["bagel", "cable_gland", "carrot", "cookie", "dowel", "foam", "peach", "potato", "rope", "tire"]
 
 
 def index(root: Path, classes: list[str] | None = None) -> dict:
-    root = Path(root)
     idx = Index(root, "mvtec3d", classes)
-    for folder in sorted(p for p in root.iterdir() if (p / "test").is_dir()):
+    for folder in sorted(p for p in idx.root.iterdir() if (p / "test").is_dir()):
         for split in ("train", "test"):
             if not (folder / split).is_dir():
                 continue
@@ -33,10 +32,9 @@ def index(root: Path, classes: list[str] | None = None) -> dict:
                 for image in images_in(label / "rgb") if (label / "rgb").is_dir() else []:
                     mask = label / "gt" / image.name
                     if anomaly and not mask.is_file():
-                        idx.skip("anomalous images without a gt/ mask")
+                        idx.skip("anomalous images without a gt/ mask", cls=folder.name)
                         continue
                     idx.add(split, folder.name, image, anomaly, mask if anomaly else None, label.name)
-        idx.skip("xyz/ point clouds", sum(1 for _ in folder.rglob("xyz/*.tiff")))
-        if (folder / "validation").is_dir():
-            idx.skip("validation/ images", sum(1 for _ in (folder / "validation").rglob("rgb/*.png")))
+        idx.skip("xyz/ point clouds", sum(count_images(xyz) for xyz in folder.glob("*/*/xyz")), cls=folder.name)
+        idx.skip("validation/ images", count_images(folder / "validation", "*.png"), cls=folder.name)
     return idx.meta()

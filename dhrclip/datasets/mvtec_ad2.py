@@ -8,22 +8,20 @@
     <class>/test_private/, test_private_mixed/         unlabelled benchmark images: left out
 
 Only ``test_public`` has labels, so it is the test split; the private sets are
-counted as left out, never indexed. Some classes are 8-bit grayscale, read as
-RGB.
+counted as left out, never indexed. Grayscale images are read as RGB.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from ..indexing import Index, find_mask, images_in
+from ..indexing import Index, count_images, find_mask, images_in
 
 CLASSES = ["can", "fabric", "fruit_jelly", "rice", "sheet_metal", "vial", "wallplugs", "walnuts"]
 
 
 def index(root: Path, classes: list[str] | None = None) -> dict:
-    root = Path(root)
     idx = Index(root, "mvtec_ad2", classes)
-    for folder in sorted(p for p in root.iterdir() if (p / "test_public").is_dir()):
+    for folder in sorted(p for p in idx.root.iterdir() if (p / "test_public").is_dir()):
         cls = folder.name
         for image in images_in(folder / "train" / "good") if (folder / "train" / "good").is_dir() else []:
             idx.add("train", cls, image, 0, specie="good")
@@ -32,9 +30,11 @@ def index(root: Path, classes: list[str] | None = None) -> dict:
             anomaly = int(label.name != "good")
             for image in images_in(label):
                 mask = find_mask(public / "ground_truth" / label.name, image) if anomaly else None
+                if anomaly and mask is None:
+                    idx.skip("anomalous test_public images without a mask", cls=cls)
+                    continue
                 idx.add("test", cls, image, anomaly, mask, label.name)
         for unused in ("validation", "test_private", "test_private_mixed"):
-            if (folder / unused).is_dir():
-                idx.skip(f"{unused}/ images" + (" (unlabelled)" if "private" in unused else ""),
-                         sum(1 for f in (folder / unused).rglob("*.png")))
+            idx.skip(f"{unused}/ images" + (" (unlabelled)" if "private" in unused else ""),
+                     count_images(folder / unused), cls=cls)
     return idx.meta()

@@ -14,15 +14,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..indexing import Index, images_in
+from ..indexing import Index, count_images, images_in
 
 CLASSES = ["breakfast_box", "juice_bottle", "pushpins", "screw_bag", "splicing_connectors"]
 
 
 def index(root: Path, classes: list[str] | None = None) -> dict:
-    root = Path(root)
     idx = Index(root, "mvtec_loco", classes)
-    for folder in sorted(p for p in root.iterdir() if (p / "test").is_dir()):
+    for folder in sorted(p for p in idx.root.iterdir() if (p / "test").is_dir()):
         cls = folder.name
         if (folder / "train" / "good").is_dir():
             for image in images_in(folder / "train" / "good"):
@@ -30,12 +29,11 @@ def index(root: Path, classes: list[str] | None = None) -> dict:
         for label in sorted(p for p in (folder / "test").iterdir() if p.is_dir()):
             anomaly = int(label.name != "good")
             for image in images_in(label):
-                masks = images_in(folder / "ground_truth" / label.name / image.stem) if anomaly and (
-                    folder / "ground_truth" / label.name / image.stem).is_dir() else []
+                masks = folder / "ground_truth" / label.name / image.stem  # one folder of masks per image
+                masks = images_in(masks) if anomaly and masks.is_dir() else []
                 if anomaly and not masks:
-                    idx.skip("anomalous images without a ground_truth/<defect>/<image>/ folder")
+                    idx.skip("anomalous images without a ground_truth/<defect>/<image>/ folder", cls=cls)
                     continue
                 idx.add("test", cls, image, anomaly, masks or None, label.name)
-        if (folder / "validation").is_dir():
-            idx.skip("validation/ images", sum(1 for f in (folder / "validation").rglob("*.png")))
+        idx.skip("validation/ images", count_images(folder / "validation"), cls=cls)
     return idx.meta()

@@ -5,8 +5,8 @@ literature evaluated them (the crops are distributed, not made here).
     electrical commutators/test/{good,<defect>}/*.png
     electrical commutators/ground_truth/<defect>/<stem>_mask.png  (or <stem>.png)
 
-Another copy (three horizontal bands per image) names its class folder
-``SDD``; any class folder with a ``test/`` subfolder is read. For the
+AdaCLIP's preparation script (three horizontal bands per image) names its
+class folder ``SDD``; any class folder with a ``test/`` subfolder is read. For the
 uncropped release, use ``ksdd``.
 """
 from __future__ import annotations
@@ -17,4 +17,4 @@ from ..indexing import mvtec_layout_index
 
 
 def index(root: Path, classes: list[str] | None = None) -> dict:
-    return mvtec_layout_index(root, classes)
+    return mvtec_layout_index(root, classes, None, dataset="sdd")

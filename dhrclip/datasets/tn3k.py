@@ -14,17 +14,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UserError
-from ..indexing import Index, add_pairs, find_folder, images_in
+from ..indexing import Index, add_pairs, count_images, find_folder
 
 CLASS = "thyroid"
 
 
 def index(root: Path, classes: list[str] | None = None) -> dict:
     idx = Index(root, "tn3k", classes)
-    folder = find_folder(root, "test-image", "test-mask")
+    folder, _ = find_folder(idx.root, "test-image", "test-mask")
     if folder is None:
-        raise UserError(f"{root} has no test-image/ and test-mask/ folders (TN3K), at any depth up to 3")
+        raise UserError(f"{idx.root} has no test-image/ and test-mask/ folders (TN3K), here or up to three levels "
+                        f"down")
     add_pairs(idx, folder / "test-image", folder / "test-mask", CLASS)
-    if (folder / "trainval-image").is_dir():
-        idx.skip("trainval-image/ (training images, all with nodules)", len(images_in(folder / "trainval-image")))
+    idx.skip("trainval-image/ (training images, all with nodules)", count_images(folder / "trainval-image"))
     return idx.meta()

@@ -1,0 +1,188 @@
+"""The zero-shot benchmark suite: one checkpoint tested on every dataset found under a data root,
+reported in one table laid out like the literature's (datasets as rows, industrial and medical
+blocks, a mean row per block; image AUROC and AP, pixel AUROC and AUPRO as columns).
+
+``DATA_ROOT/<name>`` holds each dataset under its generator's name (``mvtec``,
+``kvasir``, ...). A dataset without a meta.json is indexed first; one with a
+meta.json is tested as indexed (``reindex`` rebuilds it). Each dataset's
+results.json and log.txt go to ``save_path/<name>/``; a dataset that fails is
+reported with its error and the suite goes on; with ``k_shot``, a dataset without
+normal training images is not applicable. suite.json and suite.md hold the
+combined table; absent datasets are listed as absent.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from tabulate import tabulate
+
+from .config import EvalConfig
+from .datasets import DATASETS, DOMAINS, Dataset
+from .detector import DHRCLIP
+from .data import read_meta
+from .distributed import gather_all, world
+from .errors import UserError
+from .evaluation import evaluate
+from .files import save_json
+from .indexing import write_meta
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ("image_auroc", "image_ap", "pixel_auroc", "pixel_aupro")
+HEADERS = ("dataset", "image AUROC", "image AP", "pixel AUROC", "pixel AUPRO")
+
+
+def prepare(spec: Dataset, folder: Path, reindex: bool) -> str:
+    """Index ``folder`` unless it has a meta.json (or ``reindex``); says which index is used.
+
+    Every process takes the same branch (rank 0's view of the folder) and indexes
+    the layout, so a layout error stops them all alike; rank 0 writes the file
+    and all learn whether it could."""
+    meta_file = folder / "meta.json"
+    existing = gather_all(meta_file.is_file())[0] and not reindex
+    if existing:
+        if world().is_main:
+            _check_origin(spec, meta_file)
+        return f"existing {meta_file}"
+    meta = spec.index(folder, None)
+    failure = None
+    if world().is_main:
+        try:
+            write_meta(folder, meta)
+        except OSError as exc:
+            failure = f"cannot write {meta_file} ({exc}); index it where you can write, or make the folder writable"
+    failure = gather_all(failure)[0]
+    if failure:
+        raise UserError(failure)
+    return f"indexed by generate_dataset_json/{spec.name}.py"
+
+
+def _check_origin(spec: Dataset, meta_file: Path) -> None:
+    """Warn when an existing meta.json was not written by this dataset's generator: indexes from
+    other projects pair masks by position and binarise JPEG masks above 0."""
+    try:
+        info = json.loads(meta_file.read_text()).get("info", {})
+    except (OSError, ValueError, AttributeError):
+        return  # read_meta reports a broken file properly
+    if not isinstance(info, dict) or info.get("dataset") != spec.name:
+        log.warning("%s was not written by generate_dataset_json/%s.py: its masks may be paired or binarised "
+                    "differently; --reindex rebuilds it", meta_file, spec.name)
+
+
+def _has_train_images(folder: Path) -> bool:
+    """Whether meta.json lists normal train images (what --k_shot draws from)."""
+    try:
+        return any(not item.anomaly for items in read_meta(folder, "train").values() for item in items)
+    except UserError:
+        return False
+
+
+def run_suite(model: DHRCLIP, data_root: Path, settings: EvalConfig, names: list[str] | None = None,
+              reindex: bool = False) -> dict:
+    """Test ``model`` on each dataset in ``names`` (default: all known) found under ``data_root``.
+
+    ``settings`` gives the test settings (batch size, grid, k_shot, ...); its
+    ``save_path`` is the suite's folder, and each dataset gets ``save_path/<name>``
+    and its own data path. Returns what suite.json holds.
+    """
+    data_root = Path(data_root)
+    if not data_root.is_dir():
+        raise UserError(f"data root not found: {data_root}", field="data_path")
+    unknown = sorted(set(names or ()) - set(DATASETS))
+    if unknown:
+        raise UserError(f"unknown datasets {unknown}; known: {', '.join(DATASETS)}", field="datasets")
+    chosen = [DATASETS[n] for n in (names or DATASETS)]
+    present = [spec for spec in chosen if (data_root / spec.name).is_dir()]
+    others = sorted(p.name for p in data_root.iterdir() if p.is_dir() and p.name not in DATASETS)
+    if others:
+        log.info("suite: not a known dataset name, not tested: %s", ", ".join(others))
+    log.info("suite: %d of %d datasets present under %s (%s)", len(present), len(chosen), data_root,
+             ", ".join(spec.name for spec in present) or "none")
+    rows: dict[str, dict] = {}
+    for spec in chosen:
+        folder = data_root / spec.name
+        row: dict = {"title": spec.title, "domain": spec.domain}
+        rows[spec.name] = row
+        if spec not in present:
+            row["status"] = "absent"
+            continue
+        began = time.perf_counter()
+        try:
+            row["index"] = prepare(spec, folder, reindex)
+            if settings.k_shot and not _has_train_images(folder):
+                row.update(status="not applicable", reason=f"k_shot {settings.k_shot}: {spec.title} has no normal "
+                                                            f"training images to draw from")
+                log.info("%s: %s", spec.name, row["reason"])
+                continue
+            config = replace(settings, data_path=folder, save_path=settings.save_path / spec.name, dataset=spec.name,
+                             classes=None)
+            results = evaluate(model, config)
+        except UserError as exc:  # one dataset's problem does not cost the others' results
+            log.error("%s: %s", spec.name, exc)
+            row.update(status="failed", error=str(exc))
+            continue
+        row.update(status="tested", metrics={c: results["mean"][c] for c in COLUMNS}, notes=results["notes"],
+                   images=results["timing"]["images"], seconds=round(time.perf_counter() - began, 1),
+                   results=str(config.save_path / "results.json"))
+    report = {
+        "checkpoint": str(model.checkpoint) if model.checkpoint else None,
+        "data_root": str(data_root),
+        "test_config": settings.to_dict(),
+        "datasets": rows,
+        "means": {domain: block_mean(rows, domain) for domain in DOMAINS},
+        "absent": [name for name, row in rows.items() if row["status"] == "absent"],
+        "failed": {name: row["error"] for name, row in rows.items() if row["status"] == "failed"},
+        "not_applicable": {name: row["reason"] for name, row in rows.items() if row["status"] == "not applicable"},
+    }
+    if world().is_main:
+        table = format_suite(report)
+        print(table)
+        settings.save_path.mkdir(parents=True, exist_ok=True)
+        (settings.save_path / "suite.md").write_text(table + "\n")
+        save_json(settings.save_path / "suite.json", report)
+        log.info("suite table in %s", settings.save_path / "suite.md")
+    return report
+
+
+def block_mean(rows: dict[str, dict], domain: str) -> dict[str, float | None]:
+    """Each column's mean over the block's tested datasets where it is defined."""
+    mean: dict[str, float | None] = {}
+    for column in COLUMNS:
+        values = [row["metrics"][column] for row in rows.values()
+                  if row["domain"] == domain and row["status"] == "tested" and row["metrics"][column] is not None]
+        mean[column] = float(np.mean(values)) if values else None
+    return mean
+
+
+def format_suite(report: dict) -> str:
+    """The combined table (markdown): one block per domain with its tested datasets and their
+    mean, "-" where a metric is undefined; absent and failed datasets listed below."""
+    def cell(value: float | None) -> str:
+        return "-" if value is None else f"{100 * value:.1f}"
+
+    rows = report["datasets"]
+    lines = []
+    for domain in DOMAINS:
+        tested = [(name, row) for name, row in rows.items() if row["domain"] == domain and row["status"] == "tested"]
+        if not tested:
+            continue
+        lines.append([f"**{domain}**", *[""] * len(COLUMNS)])
+        lines += [[name, *(cell(row["metrics"][c]) for c in COLUMNS)] for name, row in tested]
+        lines.append([f"mean ({domain})", *(cell(report["means"][domain][c]) for c in COLUMNS)])
+    text = tabulate(lines, headers=HEADERS, tablefmt="pipe") if lines else "no dataset was tested"
+    notes = [f"- {name}: {note}" for name, row in rows.items() for note in row.get("notes", [])]
+    if notes:
+        text += "\n\nNotes:\n" + "\n".join(notes)
+    if report["failed"]:
+        text += "\n\nFailed:\n" + "\n".join(f"- {name}: {error}" for name, error in report["failed"].items())
+    if report["not_applicable"]:
+        text += "\n\nNot applicable:\n" + "\n".join(f"- {name}: {why}"
+                                                     for name, why in report["not_applicable"].items())
+    if report["absent"]:
+        text += "\n\nAbsent: " + ", ".join(report["absent"])
+    return text

@@ -1,0 +1,34 @@
+"""Tiny files for replicas of dataset layouts: random images and masks painted in a box."""
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+H, W = 40, 48
+BOX = (slice(9, 27), slice(13, 35))  # edges off the 8×8 JPEG grid, so JPEG rings around them
+rng = np.random.default_rng(0)
+
+
+def image(path: Path, size: tuple[int, int] = (H, W)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), rng.integers(0, 255, (*size, 3), dtype=np.uint8))
+    return path
+
+
+def mask(path: Path, box: tuple[slice, slice] | None = BOX, value: int = 255, channels: int = 1) -> Path:
+    """A mask painted ``value`` in ``box`` (empty for None); JPEG files at quality 90."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    m = np.zeros((H, W), np.uint8)
+    if box is not None:
+        m[box] = value
+    if channels == 3:
+        m = np.repeat(m[..., None], 3, axis=-1)
+    jpeg = path.suffix.lower() in (".jpg", ".jpeg")
+    assert cv2.imwrite(str(path), m, [cv2.IMWRITE_JPEG_QUALITY, 90] if jpeg else [])
+    return path
+
+
+def painted() -> np.ndarray:
+    m = np.zeros((H, W), bool)
+    m[BOX] = True
+    return m
