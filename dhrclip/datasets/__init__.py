@@ -4,13 +4,14 @@ docstring, the layouts it reads; ``DATASETS`` lists them in the order of the sui
 """
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
 from ..errors import UserError
+from . import (br35h, brainmri, btad, clinicdb, colondb, dagm, dtd_synthetic, endo, eyecandies, headct, isic, ksdd,
+               ksdd2, kvasir, mpdd, mvtec, mvtec3d, mvtec_ad2, mvtec_loco, realiad, sdd, tn3k, visa)
 
 DOMAINS = ("industrial", "medical")
 LITERATURE_LINKS = "https://github.com/zqhang/AnomalyCLIP (the download links of its README)"
@@ -29,10 +30,7 @@ class Dataset:
     masks: str
     url: str
     expects: str
-
-    @property
-    def module(self) -> ModuleType:
-        return importlib.import_module(f"{__name__}.{self.name}")
+    module: ModuleType  # holds ``index`` and, in its docstring, the layouts
 
     @property
     def layout(self) -> str:
@@ -46,48 +44,49 @@ class Dataset:
 
 DATASETS: dict[str, Dataset] = {d.name: d for d in (
     Dataset("mvtec", "MVTec AD", "industrial", "pixel", "https://www.mvtec.com/company/research/datasets/mvtec-ad",
-            "official"),
+            "official", mvtec),
     Dataset("visa", "VisA", "industrial", "pixel", "https://github.com/amazon-science/spot-diff",
-            "official, with split_csv/1cls.csv from its preparation script"),
-    Dataset("mpdd", "MPDD", "industrial", "pixel", "https://github.com/stepanje/MPDD", "official"),
-    Dataset("btad", "BTAD", "industrial", "pixel", "https://github.com/pankajmishra000/VT-ADL", "official"),
+            "official, with split_csv/1cls.csv from its preparation script", visa),
+    Dataset("mpdd", "MPDD", "industrial", "pixel", "https://github.com/stepanje/MPDD", "official", mpdd),
+    Dataset("btad", "BTAD", "industrial", "pixel", "https://github.com/pankajmishra000/VT-ADL", "official", btad),
     Dataset("sdd", "SDD (KolektorSDD crops)", "industrial", "pixel", LITERATURE_LINKS,
-            "the zero-shot literature's crops in MVTec AD layout"),
+            "the zero-shot literature's crops in MVTec AD layout", sdd),
     Dataset("ksdd", "KolektorSDD", "industrial", "pixel", "https://www.vicos.si/resources/kolektorsdd/",
-            "official (pixel labels)"),
+            "official (pixel labels)", ksdd),
     Dataset("ksdd2", "KolektorSDD2", "industrial", "pixel", "https://www.vicos.si/resources/kolektorsdd2/",
-            "official"),
+            "official", ksdd2),
     Dataset("dagm", "DAGM 2007", "industrial", "pixel",
             "https://hci.iwr.uni-heidelberg.de/content/weakly-supervised-learning-industrial-optical-inspection",
-            "official (Class1-Class10)"),
-    Dataset("dtd_synthetic", "DTD-Synthetic", "industrial", "pixel", LITERATURE_LINKS, "MVTec AD layout"),
+            "official (Class1-Class10)", dagm),
+    Dataset("dtd_synthetic", "DTD-Synthetic", "industrial", "pixel", LITERATURE_LINKS, "MVTec AD layout",
+            dtd_synthetic),
     Dataset("mvtec_ad2", "MVTec AD 2", "industrial", "pixel",
-            "https://www.mvtec.com/company/research/datasets/mvtec-ad-2", "official (test_public)"),
+            "https://www.mvtec.com/company/research/datasets/mvtec-ad-2", "official (test_public)", mvtec_ad2),
     Dataset("mvtec_loco", "MVTec LOCO AD", "industrial", "pixel",
-            "https://www.mvtec.com/company/research/datasets/mvtec-loco", "official"),
+            "https://www.mvtec.com/company/research/datasets/mvtec-loco", "official", mvtec_loco),
     Dataset("mvtec3d", "MVTec 3D-AD (RGB)", "industrial", "pixel",
-            "https://www.mvtec.com/company/research/datasets/mvtec-3d-ad", "official"),
+            "https://www.mvtec.com/company/research/datasets/mvtec-3d-ad", "official", mvtec3d),
     Dataset("realiad", "Real-IAD", "industrial", "pixel", "https://github.com/Tencent/AnomalyDetection_Real-IAD",
-            "official, with realiad_jsons/"),
+            "official, with realiad_jsons/", realiad),
     Dataset("eyecandies", "Eyecandies", "industrial", "pixel", "https://eyecan-ai.github.io/eyecandies/",
-            "official"),
+            "official", eyecandies),
     Dataset("brainmri", "BrainMRI", "medical", "image",
-            "https://www.kaggle.com/datasets/navoneel/brain-mri-images-for-brain-tumor-detection", "Kaggle"),
+            "https://www.kaggle.com/datasets/navoneel/brain-mri-images-for-brain-tumor-detection", "Kaggle", brainmri),
     Dataset("headct", "HeadCT", "medical", "image", "https://www.kaggle.com/datasets/felipekitamura/head-ct-hemorrhage",
-            "Kaggle, with labels.csv"),
+            "Kaggle, with labels.csv", headct),
     Dataset("br35h", "Br35H", "medical", "image", "https://www.kaggle.com/datasets/ahmedhamada0/brain-tumor-detection",
-            "Kaggle"),
+            "Kaggle", br35h),
     Dataset("isic", "ISIC 2016", "medical", "pixel-only", "https://challenge.isic-archive.com/data/#2016",
-            "official test set, or the literature's skin/test copy"),
+            "official test set, or the literature's skin/test copy", isic),
     Dataset("clinicdb", "CVC-ClinicDB", "medical", "pixel-only", "https://polyp.grand-challenge.org/CVCClinicDB/",
-            "official TIFF, or images/masks PNG copies"),
+            "official TIFF, or images/masks PNG copies", clinicdb),
     Dataset("colondb", "CVC-ColonDB", "medical", "pixel-only", LITERATURE_LINKS,
-            "images/masks, as in the polyp benchmarks"),
+            "images/masks, as in the polyp benchmarks", colondb),
     Dataset("kvasir", "Kvasir-SEG", "medical", "pixel-only", "https://datasets.simula.no/kvasir-seg/",
-            "official JPEG masks, or PNG copies"),
-    Dataset("endo", "Endo (EndoTect 2020)", "medical", "pixel-only", LITERATURE_LINKS, "images/masks"),
+            "official JPEG masks, or PNG copies", kvasir),
+    Dataset("endo", "Endo (EndoTect 2020)", "medical", "pixel-only", LITERATURE_LINKS, "images/masks", endo),
     Dataset("tn3k", "TN3K", "medical", "pixel-only", "https://github.com/haifangong/TRFE-Net-for-thyroid-nodule-segmentation",
-            "official (test-image, test-mask)"),
+            "official (test-image, test-mask)", tn3k),
 )}
 
 
