@@ -112,6 +112,7 @@ def run_suite(model: DHRCLIP, data_root: Path, settings: EvalConfig, names: list
             row["status"] = "absent"
             continue
         began = time.perf_counter()
+        log.info("suite: dataset %d of %d, %s", present.index(spec) + 1, len(present), spec.name)
         try:
             row["index"] = prepare(spec, folder, reindex)
             if settings.k_shot and not _has_train_images(folder):
