@@ -1,4 +1,4 @@
-"""The command line: train.py, test.py, predict.py, demo.py and the ``dhrclip-*`` commands.
+"""The command line: train.py, test.py, predict.py, app.py, demo.py and the ``dhrclip-*`` commands.
 
 Flags keep the reference implementation's names and defaults; new flags use
 the same style. This is the only module that knows about flags: it turns them
@@ -16,12 +16,15 @@ import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import (AUPRO_MODES, DEFAULT_MODEL, FEATURE_CACHE_MODES, FIGURE_SCALES, GRID_MODES, MAP_NORMS,
                      METRIC_LEVELS, ON_ERROR, PRECISIONS, EvalConfig, ModelConfig, PredictConfig, ResolvedConfig,
                      TrainConfig, resolve_model_config)
 from .errors import UserError
+
+if TYPE_CHECKING:  # annotations only: --help must not import torch
+    from .detector import DHRCLIP
 
 log = logging.getLogger("dhrclip")
 
@@ -238,6 +241,30 @@ def export_parser() -> argparse.ArgumentParser:
     return p
 
 
+def app_parser() -> argparse.ArgumentParser:
+    p = _parser("The inspection page: a local web page where images dropped in get their anomaly maps, scores "
+                "and decisions, with sliders for the thresholds. Model settings default to those the checkpoint "
+                "was trained with; images run as with predict.py.")
+    p.add_argument("--checkpoint_path", type=path_arg, required=True, help="prompt checkpoint file or folder")
+    p.add_argument("--threshold_file", type=path_arg, default=None,
+                   help="a threshold.json (calibration or the page's own) that the sliders start at")
+    p.add_argument("--reference", default=None,
+                   help="few-shot: good images of the part (folder, glob or file), or a saved bank (.safetensors)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on; the page has no login, so widen it only on a network you trust")
+    p.add_argument("--port", type=int, default=7860, help="port to listen on (0: any free one)")
+    p.add_argument("--max_upload_mb", type=float, default=50, help="largest image file the page takes, in MB")
+    p.add_argument("--max_megapixels", type=float, default=40,
+                   help="largest image the page takes, in megapixels, checked before it is decoded")
+    add_grid_arguments(p, "auto")
+    add_model_arguments(p, from_checkpoint=True)
+    workers = next(action for action in p._actions if action.dest == "num_workers")
+    workers.default = 0
+    workers.help = ("DataLoader worker processes, or auto (default: 0 here: processes forked from the server's "
+                    "threads can hang)")
+    return p
+
+
 def demo_parser() -> argparse.ArgumentParser:
     p = _parser("Run the complete DHR-CLIP protocol on synthetic data: train on some classes, test zero-shot "
                 "on others.")
@@ -398,7 +425,6 @@ def _check_onnx_flags(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from .config import is_bank_file
     from .detector import DHRCLIP
     from .export import export_onnx
     from .prediction import read_threshold_file
@@ -414,8 +440,7 @@ def _export(args: argparse.Namespace) -> None:
     model = DHRCLIP.from_checkpoint(args.checkpoint_path, pretrained=args.pretrained, device=args.device,
                                     precision="fp32", **overrides)
     if args.reference is not None:
-        reference = args.reference if is_bank_file(args.reference) else _reference_images(args.reference)
-        model = model.with_reference(reference, args.grid, args.max_tiles, args.batch_size)
+        model = _with_reference(model, args)
     thresholds = None
     if args.threshold_file is not None:
         saved, (image_t, pixel_t) = read_threshold_file(args.threshold_file, model, args.grid, args.max_tiles)
@@ -427,10 +452,49 @@ def _export(args: argparse.Namespace) -> None:
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB); run it with predict.py --onnx {path} --input ...")
 
 
-def _reference_images(spec: str) -> list[Path]:
+def _with_reference(model: DHRCLIP, args: argparse.Namespace) -> DHRCLIP:
+    """``model`` with the few-shot bank of --reference: a saved bank, or good images to build one from."""
+    from .config import is_bank_file
     from .prediction import collect_images
 
-    return collect_images(spec)[0]
+    reference = args.reference if is_bank_file(args.reference) else collect_images(args.reference)[0]
+    return model.with_reference(reference, args.grid, args.max_tiles, args.batch_size)
+
+
+def _app(args: argparse.Namespace) -> None:
+    from .inspection import AppSettings, Limits
+
+    try:
+        from .app import serve
+    except ModuleNotFoundError as exc:
+        raise UserError(f"the inspection page needs {exc.name}: pip install 'dhrclip[app]' "
+                        f"(or -e '.[app]' in a checkout)") from exc
+    from .distributed import launched_size
+    from .prediction import read_threshold_file
+    from .runtime import seed_everything
+
+    if launched_size() > 1:
+        raise UserError("the inspection page runs in one process; start it without torchrun")
+    if args.max_upload_mb <= 0 or args.max_megapixels <= 0:
+        raise UserError("max_upload_mb and max_megapixels must be positive", field="max_upload_mb")
+    model = _load_detector(args)
+    if model is None:
+        return
+    seed_everything(args.seed)
+    if args.reference is not None:
+        model = _with_reference(model, args)
+    image_t = pixel_t = None
+    if args.threshold_file is not None:
+        _, (image_t, pixel_t) = read_threshold_file(args.threshold_file, model, args.grid, args.max_tiles)
+    settings = AppSettings(grid=args.grid, max_tiles=args.max_tiles, batch_size=args.batch_size,
+                           num_workers=args.num_workers, bit_depth=args.bit_depth, image_threshold=image_t,
+                           pixel_threshold=pixel_t,
+                           limits=Limits(max_file_bytes=int(args.max_upload_mb * 2**20),
+                                         max_pixels=int(args.max_megapixels * 1e6)))
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("listening on %s: the page has no login, so anyone who reaches it can upload images", args.host)
+    serve(model, settings, args.host, args.port,
+          ready=lambda url: print(f"the inspection page is at {url} (Ctrl+C to stop)", flush=True))
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -507,6 +571,10 @@ def predict_main(argv: list[str] | None = None) -> None:
 
 def export_main(argv: list[str] | None = None) -> None:
     run(_export, export_parser(), argv)
+
+
+def app_main(argv: list[str] | None = None) -> None:
+    run(_app, app_parser(), argv)
 
 
 def suite_main(argv: list[str] | None = None) -> None:

@@ -117,20 +117,47 @@ def calibrate(model: DHRCLIP, spec: str, quantile: float, batch_size: int, num_w
     if len(scores) < FEW_CALIBRATION_IMAGES:
         log.warning("thresholds calibrated on only %d good image(s) are uncertain; %d or more are advised",
                     len(scores), FEW_CALIBRATION_IMAGES)
+    return threshold_record(
+        model, float(np.quantile(scores, quantile)), float(np.quantile(maxima, quantile)), grid, max_tiles,
+        rule=f"quantile {quantile} of the known-good images' image scores and per-image map maxima",
+        calibration_images=len(scores), calibrate_on=str(spec),
+        good_score_range=[float(min(scores)), float(max(scores))],
+        leave_one_out=own is not None and any(k >= 0 for k in own))
+
+
+def threshold_record(model: DHRCLIP, image_t: float, pixel_t: float | None, grid: str, max_tiles: int,
+                     **provenance: object) -> dict:
+    """A threshold.json's contents: the thresholds with the settings, checkpoint, grid and reference
+    bank they hold for (what ``read_threshold_file`` checks), and ``provenance``, how they were found."""
     return {
-        "image_threshold": float(np.quantile(scores, quantile)),
-        "pixel_threshold": float(np.quantile(maxima, quantile)),
-        "rule": f"quantile {quantile} of the known-good images' image scores and per-image map maxima",
-        "calibration_images": len(scores),
-        "calibrate_on": str(spec),
-        "good_score_range": [float(min(scores)), float(max(scores))],
+        "image_threshold": image_t,
+        "pixel_threshold": pixel_t,
+        **provenance,
         "checkpoint": str(model.checkpoint) if model.checkpoint else None,
         "checkpoint_fingerprint": model.checkpoint_fingerprint,
         "config": model.config.to_dict(),
         "grid": {"mode": grid, "max_tiles": max_tiles},
         "reference": model.reference_digest,
-        "leave_one_out": own is not None and any(k >= 0 for k in own),
     }
+
+
+def table_row(path: str, score: float | None, map_max: float | None, grid: tuple[int, int] | None, error: str,
+              image_t: float | None, pixel_t: float | None) -> dict:
+    """One row of predictions.csv (``CSV_FIELDS``): an image's score, map maximum, decision at these
+    thresholds and tile grid; an image not inspected (``score`` None) has only its ``error``."""
+    done = score is not None
+    return {"path": path, "image_score": score, "map_max": map_max,
+            "decision": decide(score, map_max, image_t, pixel_t) if done else "",
+            "rows": grid[0] if grid else None, "cols": grid[1] if grid else None, "error": error}
+
+
+def csv_text(rows: list[dict]) -> str:
+    """predictions.csv with ``rows`` (of ``table_row``) under its header."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
 
 
 def check_threshold_file(saved: dict, model: DHRCLIP, path: Path) -> None:
@@ -265,15 +292,12 @@ def predict(model: DHRCLIP | OnnxDetector, config: PredictConfig) -> list[dict]:
             source = files[mine.start + k]
             if isinstance(result, str):
                 log.warning("skipped %s: %s", source, result)
-                row = {"path": str(source), "image_score": None, "map_max": None, "decision": "", "rows": None,
-                       "cols": None, "error": result}
+                row = table_row(str(source), None, None, None, result, image_t, pixel_t)
             else:
                 amap = result.anomaly_map
                 np.save(_ensure_parent(out / "maps" / _map_name(source, base)), amap.astype(np.float16))
                 low, high = min(low, float(amap.min())), max(high, result.map_max)
-                row = {"path": str(source), "image_score": result.score, "map_max": result.map_max,
-                       "decision": decide(result.score, result.map_max, image_t, pixel_t), "rows": result.grid[0],
-                       "cols": result.grid[1], "error": ""}
+                row = table_row(str(source), result.score, result.map_max, result.grid, "", image_t, pixel_t)
             writer.writerow(row)
             handle.flush()
             rows.append((mine.start + k, row))
@@ -326,7 +350,11 @@ def _remove(out: Path, names: list[str]) -> None:
 
 def _map_name(source: Path, base: Path) -> Path:
     """maps/ and figures/ mirror the input tree; a.png and a.jpg stay apart."""
-    relative = source.relative_to(base)
+    return map_file_name(source.relative_to(base))
+
+
+def map_file_name(relative: Path) -> Path:
+    """Where the map of the image at ``relative`` goes under maps/: a.png as a_png.npy."""
     return relative.with_name(relative.name.replace(".", "_") + ".npy")
 
 
@@ -354,11 +382,7 @@ def _ensure_parent(path: Path) -> Path:
 def _write_table(out: Path, rows: list[dict], image_t: float | None, pixel_t: float | None, model: DHRCLIP,
                  config: PredictConfig) -> None:
     """The final predictions.csv (in input order) and predictions.json, each written atomically."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS)
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write(out / "predictions.csv", lambda f: f.write(buffer.getvalue().encode()))
+    atomic_write(out / "predictions.csv", lambda f: f.write(csv_text(rows).encode()))
     save_json(out / "predictions.json", {
         "image_threshold": image_t, "pixel_threshold": pixel_t,
         "checkpoint": str(model.checkpoint) if model.checkpoint else None,

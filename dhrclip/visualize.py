@@ -90,10 +90,14 @@ def panels(named: list[tuple[str, np.ndarray]]) -> np.ndarray:
     return np.hstack([np.vstack([_text_row(title, img.shape[1]), img]) for title, img in named])
 
 
+def with_colour_bar(body: np.ndarray, scale: ColorScale) -> np.ndarray:
+    """``body`` with the colour bar of ``scale`` on its right."""
+    return np.hstack([body, colour_bar(body.shape[0], scale)])
+
+
 def figure(header: str, named: list[tuple[str, np.ndarray]], scale: ColorScale) -> np.ndarray:
     """``header`` over the panels, with the colour bar of ``scale`` on the right."""
-    body = panels(named)
-    body = np.hstack([body, colour_bar(body.shape[0], scale)])
+    body = with_colour_bar(panels(named), scale)
     return np.vstack([_text_row(header, body.shape[1], _LINE_H + 4), body])
 
 
@@ -103,15 +107,27 @@ def save_rgb(path: Path, image: np.ndarray) -> None:
         raise OSError(f"could not write {path}")
 
 
-def prediction_figure(image: np.ndarray, amap: np.ndarray, scale: ColorScale, name: str, score: float,
-                      decision: str, pixel_threshold: float | None) -> np.ndarray:
-    """predict.py's figure: input | heatmap | outline of ``map > pixel_threshold``."""
+def to_display(image: np.ndarray, amap: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """An RGB image and its map, resized together to the size figures draw them at."""
     h, w = display_size(*amap.shape)
     shown = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if h < image.shape[0] else cv2.INTER_CUBIC)
-    amap = cv2.resize(amap, (w, h), interpolation=cv2.INTER_LINEAR)
+    return shown, cv2.resize(amap, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def prediction_panels(shown: np.ndarray, amap: np.ndarray, scale: ColorScale,
+                      pixel_threshold: float | None) -> list[tuple[str, np.ndarray]]:
+    """input | heatmap | outline of ``map > pixel_threshold`` (without a threshold, no outline),
+    from an image and map already at display size (``to_display``)."""
     row = [("input", shown), ("anomaly map", heatmap_overlay(shown, scale(amap)))]
     if pixel_threshold is not None:
         row.append((f"map > {pixel_threshold:.3g}", outline(shown, amap > pixel_threshold)))
+    return row
+
+
+def prediction_figure(image: np.ndarray, amap: np.ndarray, scale: ColorScale, name: str, score: float,
+                      decision: str, pixel_threshold: float | None) -> np.ndarray:
+    """predict.py's figure: a header over ``prediction_panels`` and the colour bar."""
+    row = prediction_panels(*to_display(image, amap), scale, pixel_threshold)
     return figure(f"{name}   score {score:.3f}   {decision or 'no threshold set'}", row, scale)
 
 
