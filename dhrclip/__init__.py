@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
     from .evaluation import evaluate
     from .inference import Prediction
     from .prediction import predict
+    from .suite import run_suite
     from .training import train
 
 __version__ = "0.2.0"
@@ -34,6 +35,7 @@ _EXPORTS = {
     "train": "training",
     "evaluate": "evaluation",
     "predict": "prediction",
+    "run_suite": "suite",
 }
 __all__ = [*_EXPORTS, "__version__"]
 
