@@ -311,9 +311,13 @@ def _notes(by_class: dict[str, list[Item]], pixel_classes: set[str], pixel: bool
     classes without both normal and anomalous test images no image metrics."""
     notes = []
     unmasked = [c for c in by_class if c not in pixel_classes]
-    if pixel and unmasked:
-        notes.append(f"pixel metrics null for {', '.join(unmasked)}: their anomalous images have no masks "
-                     f"(image-level ground truth only)")
+    missing = {c: sum(item.anomaly and not item.masks for item in by_class[c]) for c in unmasked}
+    anomalous = {c: sum(item.anomaly for item in by_class[c]) for c in unmasked}
+    labels_only = [c for c in unmasked if missing[c] == anomalous[c]]
+    if pixel and labels_only:
+        notes.append(f"pixel metrics null for {', '.join(labels_only)}: no masks (image-level ground truth only)")
+    for c in (c for c in unmasked if pixel and c not in labels_only):
+        notes.append(f"pixel metrics null for {c}: {missing[c]} of its {anomalous[c]} anomalous images have no mask")
     one_sided = {c: "anomalous" if items[0].anomaly else "normal" for c, items in by_class.items()
                  if len({item.anomaly for item in items}) == 1}
     if image and one_sided:

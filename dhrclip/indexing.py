@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import glob
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -20,6 +21,11 @@ MVTEC_CLASSES = ["bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "le
 MPDD_CLASSES = ["bracket_black", "bracket_brown", "bracket_white", "connector", "metal_plate", "tubes"]
 BTAD_CLASSES = ["01", "02", "03"]
 GOOD_NAMES = ("good", "ok")
+
+
+def is_good(folder_name: str) -> bool:
+    """Whether a folder of a layout holds normal images (``good``, BTAD's ``ok``; any case)."""
+    return folder_name.casefold() in GOOD_NAMES
 
 
 def images_in(folder: Path) -> list[Path]:
@@ -42,7 +48,7 @@ def find_mask(folder: Path, image: Path) -> Path | None:
     if not folder.is_dir():
         return None
     for stem in (f"{image.stem}_mask", image.stem):
-        for candidate in sorted(folder.glob(f"{stem}.*")):
+        for candidate in sorted(folder.glob(f"{glob.escape(stem)}.*")):
             if candidate.suffix.lower() in IMAGE_SUFFIXES:
                 return candidate
     return None
@@ -52,10 +58,13 @@ MaskFiles = Union[Path, Sequence[Path], None]
 
 
 def item(root: Path, image: Path, mask: MaskFiles, cls: str, specie: str, anomaly: int,
-         mask_threshold: float = 0) -> dict:
+         mask_threshold: float | None = None) -> dict:
     """One meta.json item. ``mask``: none, a file, or several files read as their union (a list
-    in meta.json); ``mask_threshold`` is recorded where masks need one (JPEG: 127)."""
+    in meta.json); ``mask_threshold`` is recorded where masks need one: by default 127 when any
+    of them is a JPEG (``mask_threshold_for``)."""
     masks = [] if mask is None else [mask] if isinstance(mask, Path) else list(mask)
+    if mask_threshold is None:
+        mask_threshold = max((mask_threshold_for(m) for m in masks), default=0)
     paths = [m.relative_to(root).as_posix() for m in masks]
     row = {"img_path": image.relative_to(root).as_posix(),
            "mask_path": paths if len(paths) > 1 else paths[0] if paths else "",
@@ -90,7 +99,7 @@ class Index:
         return self.classes is None or cls in self.classes
 
     def add(self, split: str, cls: str, image: Path, anomaly: int, mask: MaskFiles = None, specie: str = "",
-            mask_threshold: float = 0) -> None:
+            mask_threshold: float | None = None) -> None:
         if self.wants(cls):
             self.splits[split].setdefault(cls, []).append(
                 item(self.root, image, mask, cls, specie or ("good" if not anomaly else "anomaly"), anomaly,
@@ -107,10 +116,15 @@ class Index:
         if self.classes is not None and self.classes - self.seen:
             raise UserError(f"{self.root}: classes {sorted(self.classes - self.seen)} not found in this "
                             f"{self.dataset} layout (it has {sorted(self.seen)})")
+        skipped = dict(sorted(self.skipped.items()))
         if not self.splits["test"]:
-            raise UserError(f"{self.root} holds no {self.dataset} test images; see the layouts in "
+            left_out = "; left out: " + ", ".join(f"{n} {why}" for why, n in skipped.items()) if skipped else ""
+            raise UserError(f"{self.root} holds no {self.dataset} test images{left_out}; see the layouts in "
                             f"`python generate_dataset_json/{self.dataset}.py --help`")
-        return {**self.splits, "info": {"dataset": self.dataset, "skipped": dict(sorted(self.skipped.items()))}}
+        info = {"dataset": self.dataset, "skipped": skipped}
+        if self.classes is not None:  # an index of some classes only says so
+            info["classes"] = sorted(self.classes)
+        return {**self.splits, "info": info}
 
 
 JPEG_MASK_THRESHOLD = 127  # JPEG masks: compression leaves values near 0 and 255 around every edge
@@ -159,7 +173,10 @@ def add_pairs(index: Index, images: Path | list[Path], masks: Path, cls: str, ma
     suffix. Never by position, as sorted-list pairing goes silently wrong after one stray
     file. Images without a mask and masks without an image are counted as left out. The
     threshold defaults to ``mask_threshold_for`` each mask."""
-    by_stem = {m.stem: m for m in images_in(masks)}
+    files = images_in(masks)
+    by_stem = {m.stem: m for m in files}
+    index.skip(f"masks in {masks.relative_to(index.root)} sharing a name with another (b.jpg beside b.png)",
+               len(files) - len(by_stem))
     used = set()
     for folder in images if isinstance(images, list) else [images]:
         for image in images_in(folder):
@@ -209,44 +226,30 @@ def polyp_index(index: Index, cls: str, mask_threshold: float | None = None, pre
 
 
 def mvtec_layout_index(root: Path, classes: list[str] | None = None, expected: list[str] | None = None,
-                       dataset: str | None = None) -> dict:
+                       dataset: str = "mvtec") -> dict:
     """Index ``cls/{train,test}/{defect}/img`` with masks in ``cls/ground_truth/{defect}/``.
 
-    Serves MVTec AD, MPDD, BTAD and synthetic data. Classes default to every
-    folder that has a ``test/`` subfolder; a missing standard class is logged.
+    Serves MVTec AD, MPDD, BTAD, DTD-Synthetic, the SDD crops and synthetic data. Classes are
+    the folders with a ``test/`` subfolder; a missing standard class is logged unless ``classes``
+    chose some. Anomalous images keep no mask where there is none (image-level ground truth).
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise UserError(f"dataset root not found: {root}")
-    found = sorted(p.name for p in root.iterdir() if (p / "test").is_dir())
-    if classes:
-        absent = [c for c in classes if c not in found]
-        if absent:
-            raise UserError(f"classes {absent} have no {root}/<class>/test folder")
-    else:
-        classes = found
-    if not classes:
-        raise UserError(f"{root} has no <class>/test folders: not an MVTec-style dataset")
-    if expected and set(expected) - set(classes):
-        log.warning("%s lacks the standard classes %s", root, sorted(set(expected) - set(classes)))
-    meta: dict = {"train": {}, "test": {}}
-    for cls in classes:
+    idx = Index(root, dataset, classes)
+    folders = sorted(p for p in idx.root.iterdir() if (p / "test").is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise UserError(f"{idx.root} has no <class>/test folders: not an MVTec-style dataset")
+    if expected and not classes and set(expected) - {f.name for f in folders}:
+        log.warning("%s lacks the standard classes %s", idx.root, sorted(set(expected) - {f.name for f in folders}))
+    for folder in folders:
         for split in ("train", "test"):
-            split_dir = root / cls / split
+            split_dir = folder / split
             if not split_dir.is_dir():
                 continue
-            rows = []
-            for defect_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
-                defect = defect_dir.name
-                normal = defect in GOOD_NAMES
+            for defect_dir in sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+                normal = is_good(defect_dir.name)
                 for image in images_in(defect_dir):
-                    mask = None if normal else find_mask(root / cls / "ground_truth" / defect, image)
-                    rows.append(item(root, image, mask, cls, defect, 0 if normal else 1))
-            if rows:
-                meta[split][cls] = rows
-    if dataset is not None:  # written by this dataset's generator
-        meta["info"] = {"dataset": dataset, "skipped": {}}
-    return meta
+                    mask = None if normal else find_mask(folder / "ground_truth" / defect_dir.name, image)
+                    idx.add(split, folder.name, image, 0 if normal else 1, mask, defect_dir.name)
+    return idx.meta()
 
 
 def visa_index(root: Path, classes: list[str] | None = None, csv_name: str = "split_csv/1cls.csv") -> dict:
@@ -256,7 +259,7 @@ def visa_index(root: Path, classes: list[str] | None = None, csv_name: str = "sp
     if not table.is_file():
         raise UserError(f"{table} not found: is {root} the VisA root (prepared with its split_csv)?")
     meta: dict = {"train": {}, "test": {}}
-    with open(table, newline="") as handle:
+    with open(table, newline="", encoding="utf-8-sig") as handle:  # -sig: as spreadsheet programs save it
         reader = csv.DictReader(handle)
         missing = {"object", "split", "label", "image", "mask"} - set(reader.fieldnames or [])
         if missing:
@@ -267,7 +270,10 @@ def visa_index(root: Path, classes: list[str] | None = None, csv_name: str = "sp
                 continue
             if row["split"] not in meta:
                 raise UserError(f"{table}:{line}: split must be train or test, got {row['split']!r}")
-            anomaly = 1 if row["label"] == "anomaly" else 0
+            label = (row["label"] or "").strip().casefold()
+            if label not in ("normal", "anomaly"):
+                raise UserError(f"{table}:{line}: label must be normal or anomaly, got {row['label']!r}")
+            anomaly = int(label == "anomaly")
             meta[row["split"]].setdefault(cls, []).append({
                 "img_path": row["image"], "mask_path": row["mask"] if anomaly else "",
                 "cls_name": cls, "specie_name": "", "anomaly": anomaly})
@@ -315,8 +321,9 @@ def folder_index(root: Path, class_name: str | None = None) -> dict:
     meta: dict = {"train": {}, "test": {}}
     for cls, folder in class_dirs.items():
         rows = []
-        for sub in sorted(p for p in folder.iterdir() if p.is_dir() and p.name != "ground_truth"):
-            normal = sub.name in GOOD_NAMES
+        for sub in sorted(p for p in folder.iterdir()
+                          if p.is_dir() and p.name != "ground_truth" and not p.name.startswith(".")):
+            normal = is_good(sub.name)
             for image in images_in(sub):
                 mask = None if normal else find_mask(folder / "ground_truth" / sub.name, image)
                 rows.append(item(root, image, mask, cls, sub.name, 0 if normal else 1))
@@ -337,12 +344,14 @@ def csv_index(root: Path, table: Path) -> dict:
     if not table.is_file():
         raise UserError(f"{table} not found")
     meta: dict = {"train": {}, "test": {}}
-    with open(table, newline="") as handle:
+    with open(table, newline="", encoding="utf-8-sig") as handle:  # -sig: as spreadsheet programs save it
         reader = csv.DictReader(handle)
         missing = {"image", "mask", "label", "class"} - set(reader.fieldnames or [])
         if missing:
             raise UserError(f"{table} lacks the columns {sorted(missing)} (expected image,mask,label,class)")
         for line, row in enumerate(reader, start=2):
+            if not row["image"] or not row["class"]:
+                raise UserError(f"{table}:{line}: every row needs an image and a class")
             label = _LABELS.get(str(row["label"]).strip().lower())
             if label is None:
                 raise UserError(f"{table}:{line}: label {row['label']!r} is not 0/1 or normal/anomaly")

@@ -24,7 +24,6 @@ from tabulate import tabulate
 from .config import EvalConfig
 from .datasets import DATASETS, DOMAINS, Dataset
 from .detector import DHRCLIP
-from .data import read_meta
 from .distributed import gather_all, world
 from .errors import UserError
 from .evaluation import evaluate
@@ -37,18 +36,17 @@ COLUMNS = ("image_auroc", "image_ap", "pixel_auroc", "pixel_aupro")
 HEADERS = ("dataset", "image AUROC", "image AP", "pixel AUROC", "pixel AUPRO")
 
 
-def prepare(spec: Dataset, folder: Path, reindex: bool) -> str:
-    """Index ``folder`` unless it has a meta.json (or ``reindex``); says which index is used.
+def prepare(spec: Dataset, folder: Path, reindex: bool) -> tuple[str, list[str]]:
+    """Index ``folder`` unless it has a meta.json (or ``reindex``): which index is used, and notes
+    on it for the table.
 
-    Every process takes the same branch (rank 0's view of the folder) and indexes
-    the layout, so a layout error stops them all alike; rank 0 writes the file
-    and all learn whether it could."""
+    Every process takes the same branch (rank 0's view of the folder) and reads or
+    builds the index, so an error stops them all alike; rank 0 writes the file and
+    all learn whether it could."""
     meta_file = folder / "meta.json"
     existing = gather_all(meta_file.is_file())[0] and not reindex
     if existing:
-        if world().is_main:
-            _check_origin(spec, meta_file)
-        return f"existing {meta_file}"
+        return f"existing {meta_file}", _origin(spec, meta_file)
     meta = spec.index(folder, None)
     failure = None
     if world().is_main:
@@ -59,27 +57,40 @@ def prepare(spec: Dataset, folder: Path, reindex: bool) -> str:
     failure = gather_all(failure)[0]
     if failure:
         raise UserError(failure)
-    return f"indexed by generate_dataset_json/{spec.name}.py"
+    return f"indexed by generate_dataset_json/{spec.name}.py", []
 
 
-def _check_origin(spec: Dataset, meta_file: Path) -> None:
-    """Warn when an existing meta.json was not written by this dataset's generator: indexes from
-    other projects pair masks by position and binarise JPEG masks above 0."""
+def _origin(spec: Dataset, meta_file: Path) -> list[str]:
+    """Check an existing meta.json against the dataset it is tested as: refused when another
+    dataset's generator wrote it (two names, one folder), a warning when another tool did
+    (indexes of other projects pair masks by position and binarise JPEG masks above 0), and
+    a note when it indexes some classes only."""
     try:
         info = json.loads(meta_file.read_text()).get("info", {})
     except (OSError, ValueError, AttributeError):
-        return  # read_meta reports a broken file properly
-    if not isinstance(info, dict) or info.get("dataset") != spec.name:
+        return []  # read_meta reports a broken file properly
+    info = info if isinstance(info, dict) else {}
+    written_for = info.get("dataset")
+    if written_for in DATASETS and written_for != spec.name:
+        raise UserError(f"{meta_file} indexes {written_for}, not {spec.name}: the folder holds another dataset, or "
+                        f"both names point at one folder; point {spec.name} at its own folder (for a bundle such as "
+                        f"TestDataset/, the sub-folder of {spec.title}), or --reindex")
+    if written_for != spec.name and world().is_main:
         log.warning("%s was not written by generate_dataset_json/%s.py: its masks may be paired or binarised "
                     "differently; --reindex rebuilds it", meta_file, spec.name)
+    if info.get("classes"):
+        return [f"indexed for the classes {', '.join(info['classes'])} only; --reindex indexes them all"]
+    return []
 
 
 def _has_train_images(folder: Path) -> bool:
-    """Whether meta.json lists normal train images (what --k_shot draws from)."""
+    """Whether meta.json's train section lists normal images (what k_shot draws from); a file
+    that cannot be read is left for the test to report."""
     try:
-        return any(not item.anomaly for items in read_meta(folder, "train").values() for item in items)
-    except UserError:
-        return False
+        train = json.loads((folder / "meta.json").read_text()).get("train") or {}
+        return any(not row.get("anomaly") for rows in train.values() for row in rows)
+    except (OSError, ValueError, AttributeError, TypeError):
+        return True
 
 
 def run_suite(model: DHRCLIP, data_root: Path, settings: EvalConfig, names: list[str] | None = None,
@@ -97,13 +108,14 @@ def run_suite(model: DHRCLIP, data_root: Path, settings: EvalConfig, names: list
     if unknown:
         raise UserError(f"unknown datasets {unknown}; known: {', '.join(DATASETS)}", field="datasets")
     chosen = [DATASETS[n] for n in (names or DATASETS)]
-    present = [spec for spec in chosen if (data_root / spec.name).is_dir()]
+    present = [spec for spec in chosen if (data_root / spec.name).exists()]
     others = sorted(p.name for p in data_root.iterdir() if p.is_dir() and p.name not in DATASETS)
     if others:
         log.info("suite: not a known dataset name, not tested: %s", ", ".join(others))
     log.info("suite: %d of %d datasets present under %s (%s)", len(present), len(chosen), data_root,
              ", ".join(spec.name for spec in present) or "none")
     rows: dict[str, dict] = {}
+    folders: dict[Path, str] = {}  # the real folders tested, by dataset: two names for one folder are refused
     for spec in chosen:
         folder = data_root / spec.name
         row: dict = {"title": spec.title, "domain": spec.domain}
@@ -114,7 +126,13 @@ def run_suite(model: DHRCLIP, data_root: Path, settings: EvalConfig, names: list
         began = time.perf_counter()
         log.info("suite: dataset %d of %d, %s", present.index(spec) + 1, len(present), spec.name)
         try:
-            row["index"] = prepare(spec, folder, reindex)
+            if not folder.is_dir():
+                raise UserError(f"{folder} is not a folder")
+            same = folders.setdefault(folder.resolve(), spec.name)
+            if same != spec.name:
+                raise UserError(f"{folder} is the folder of {same} too; point {spec.name} at its own folder (for a "
+                                f"bundle such as TestDataset/, the sub-folder of {spec.title})")
+            row["index"], notes = prepare(spec, folder, reindex)
             if settings.k_shot and not _has_train_images(folder):
                 row.update(status="not applicable", reason=f"k_shot {settings.k_shot}: {spec.title} has no normal "
                                                             f"training images to draw from")
@@ -127,7 +145,7 @@ def run_suite(model: DHRCLIP, data_root: Path, settings: EvalConfig, names: list
             log.error("%s: %s", spec.name, exc)
             row.update(status="failed", error=str(exc))
             continue
-        row.update(status="tested", metrics={c: results["mean"][c] for c in COLUMNS}, notes=results["notes"],
+        row.update(status="tested", metrics={c: results["mean"][c] for c in COLUMNS}, notes=notes + results["notes"],
                    images=results["timing"]["images"], seconds=round(time.perf_counter() - began, 1),
                    results=str(config.save_path / "results.json"))
     report = {

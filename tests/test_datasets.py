@@ -407,3 +407,55 @@ def test_isic_copy_keeps_its_good_folder_as_normal(tmp_path):
     image(tmp_path / "skin" / "test" / "anomaly" / "ISIC_0000003.jpg")
     mask(tmp_path / "skin" / "ISBI2016_ISIC_Part1_Test_GroundTruth" / "ISIC_0000003_Segmentation.png")
     assert counts(indexed("isic", tmp_path)) == {("test", "skin"): (1, 1, 1)}
+
+
+def test_mvtec_layout_details_case_jpeg_masks_globs_and_counts(tmp_path):
+    cls = tmp_path / "bottle"
+    image(cls / "test" / "Good" / "000.png")  # any case of good/ok is normal
+    image(cls / "test" / "broken" / "img[1].png")  # glob characters in a name
+    mask(cls / "ground_truth" / "broken" / "img[1]_mask.jpg")  # a re-encoded JPEG mask
+    meta = DATASETS["mvtec"].index(tmp_path, ["bottle"])
+    assert counts(meta) == {("test", "bottle"): (1, 1, 1)} and meta["info"]["classes"] == ["bottle"]
+    item = next(r for r in meta["test"]["bottle"] if r["anomaly"])
+    assert item["mask_threshold"] == 127
+    write_meta(tmp_path, meta)
+    anomalous = next(i for i in read_meta(tmp_path)["bottle"] if i.anomaly)
+    assert np.array_equal(load_mask(anomalous.masks, anomalous.mask_threshold), painted())
+
+
+def test_an_empty_index_says_what_was_left_out(tmp_path):
+    for stem in ("a", "b"):
+        image(tmp_path / "images" / f"{stem}.png")
+        mask(tmp_path / "masks" / f"{stem}_mask.png")  # named otherwise than their images
+        mask(tmp_path / "masks" / f"{stem}_mask.jpg")  # and twice
+    with pytest.raises(UserError, match=r"no kvasir test images; left out: 2 images in images without a mask, "
+                                        r"2 masks in masks sharing a name"):
+        DATASETS["kvasir"].index(tmp_path, None)
+
+
+def test_label_files_are_read_strictly(tmp_path):
+    for i in range(2):
+        image(tmp_path / "head_ct" / "head_ct" / f"{i:03d}.png")
+    (tmp_path / "labels.csv").write_text("id, hemorrhage\n0,1\n1,2\n")
+    with pytest.raises(UserError, match="hemorrhage must be 0 or 1"):
+        DATASETS["headct"].index(tmp_path, None)
+    (tmp_path / "labels.csv").write_bytes(b"id, hemorrhage\n0,\xff\n")
+    with pytest.raises(UserError, match="not a readable CSV"):
+        DATASETS["headct"].index(tmp_path, None)
+    visa = tmp_path / "visa"
+    image(visa / "candle" / "0.JPG")
+    (visa / "split_csv").mkdir(parents=True)
+    table = "object,split,label,image,mask\ncandle,test,Normal,candle/0.JPG,\n"
+    (visa / "split_csv" / "1cls.csv").write_text("\ufeff" + table)  # as a spreadsheet program saves it
+    assert counts(DATASETS["visa"].index(visa, None)) == {("test", "candle"): (1, 0, 0)}
+    (visa / "split_csv" / "1cls.csv").write_text(table.replace("Normal", "broken"))
+    with pytest.raises(UserError, match="label must be normal or anomaly"):
+        DATASETS["visa"].index(visa, None)
+
+
+def test_folder_layout_ignores_hidden_folders(tmp_path):
+    from dhrclip.indexing import folder_index
+    image(tmp_path / "good" / "a.png")
+    image(tmp_path / "scratch" / "b.png")
+    image(tmp_path / ".ipynb_checkpoints" / "c.png")
+    assert counts(folder_index(tmp_path, "part")) == {("test", "part"): (1, 1, 0)}

@@ -210,6 +210,7 @@ def test_classes_with_all_masks_keep_pixel_metrics_and_the_warning_names_a_file(
     assert results["classes"]["disk"]["pixel_auroc"] is not None
     assert results["classes"]["ring"]["pixel_auroc"] is None and results["classes"]["ring"]["image_auroc"] is not None
     assert "class ring: 2 anomalous image(s) have no mask" in caplog.text and missing[0] in caplog.text
+    assert results["notes"] == ["pixel metrics null for ring: 2 of its 3 anomalous images have no mask"]
     assert results["dataset"] == "data"  # the data folder's name
 
 

@@ -47,7 +47,7 @@ def test_suite_script_tests_what_is_present_in_literature_blocks(tmp_path, check
     assert headct["image_auroc"] is not None and headct["pixel_auroc"] is None and headct["pixel_aupro"] is None
     assert kvasir["image_auroc"] is None and kvasir["image_ap"] is None and kvasir["pixel_auroc"] is not None
     assert any("every test image is anomalous" in note for note in rows["kvasir"]["notes"])
-    assert any("no masks" in note for note in rows["headct"]["notes"])
+    assert rows["headct"]["notes"] == ["pixel metrics null for brain: no masks (image-level ground truth only)"]
     # each block's mean is over its own datasets, where defined
     assert report["means"]["industrial"] == rows["ksdd2"]["metrics"]
     assert report["means"]["medical"]["image_auroc"] == headct["image_auroc"]
@@ -111,3 +111,27 @@ def test_few_shot_suite_marks_datasets_without_training_images_not_applicable(tm
     assert report["datasets"]["ksdd2"]["status"] == "tested" and not report["failed"]
     assert "no normal training images" in report["not_applicable"]["headct"]
     assert "was not written by generate_dataset_json/headct.py" in caplog.text
+
+
+def test_one_folder_under_two_names_or_a_file_is_refused(tmp_path, checkpoint):
+    data = tmp_path / "data"
+    for name in ("CVC-ClinicDB", "Kvasir"):
+        for i in range(2):
+            image(tmp_path / "TestDataset" / name / "images" / f"{i}.png")
+            mask(tmp_path / "TestDataset" / name / "masks" / f"{i}.png")
+    data.mkdir()
+    for name in ("clinicdb", "kvasir"):
+        (data / name).symlink_to(tmp_path / "TestDataset")
+    (data / "mvtec").write_text("not a folder")
+    settings = EvalConfig(data_path=data, save_path=tmp_path / "out", batch_size=4, num_workers=0)
+    model = DHRCLIP.from_checkpoint(next(checkpoint.glob("*.pth")), device="cpu")
+    report = run_suite(model, data, settings, ["clinicdb", "kvasir", "mvtec"])
+    assert report["datasets"]["clinicdb"]["status"] == "tested"
+    assert "is the folder of clinicdb too" in report["failed"]["kvasir"]
+    assert "is not a folder" in report["failed"]["mvtec"]
+    (data / "kvasir").unlink()
+    (data / "kvasir").symlink_to(tmp_path / "TestDataset" / "Kvasir")
+    (data / "kvasir" / "meta.json").write_text((tmp_path / "TestDataset" / "meta.json").read_text())
+    report = run_suite(model, data, settings, ["kvasir"])
+    assert "indexes clinicdb, not kvasir" in report["failed"]["kvasir"]
+

@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from ..errors import UserError
 from ..indexing import Index, count_images
 
 IMAGE = "image_5"
@@ -26,7 +27,12 @@ _ANOMALOUS = re.compile(r"^anomalous:\s*(\w+)", re.MULTILINE)
 
 
 def _label(metadata: Path) -> int | None:
-    found = _ANOMALOUS.search(metadata.read_text()) if metadata.is_file() else None
+    if not metadata.is_file():
+        return None
+    try:
+        found = _ANOMALOUS.search(metadata.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{metadata} is not a readable metadata file ({exc})") from exc
     if found is None:
         return None
     return 1 if found.group(1).lower() in ("1", "true") else 0

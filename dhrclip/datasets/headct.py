@@ -22,13 +22,18 @@ CLASS = "brain"
 
 def _labels(table: Path) -> dict[int, int]:
     labels = {}
-    with open(table, newline="", encoding="utf-8-sig") as handle:
-        for line, row in enumerate(csv.DictReader(handle), start=2):
-            row = {k.strip(): (v or "").strip() for k, v in row.items() if k}
-            try:
-                labels[int(row["id"])] = int(row["hemorrhage"])
-            except (KeyError, ValueError) as exc:
-                raise UserError(f"{table}:{line}: expected columns id, hemorrhage with integers ({exc})") from exc
+    try:
+        with open(table, newline="", encoding="utf-8-sig") as handle:
+            for line, row in enumerate(csv.DictReader(handle), start=2):
+                row = {k.strip(): (v or "").strip() for k, v in row.items() if k}
+                try:
+                    labels[int(row["id"])] = int(row["hemorrhage"])
+                except (KeyError, ValueError) as exc:
+                    raise UserError(f"{table}:{line}: expected columns id, hemorrhage with integers ({exc})") from exc
+                if labels[int(row["id"])] not in (0, 1):
+                    raise UserError(f"{table}:{line}: hemorrhage must be 0 or 1, got {row['hemorrhage']}")
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise UserError(f"{table} is not a readable CSV ({exc})") from exc
     return labels
 
 

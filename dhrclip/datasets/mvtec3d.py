@@ -36,5 +36,6 @@ def index(root: Path, classes: list[str] | None = None) -> dict:
                         continue
                     idx.add(split, folder.name, image, anomaly, mask if anomaly else None, label.name)
         idx.skip("xyz/ point clouds", sum(count_images(xyz) for xyz in folder.glob("*/*/xyz")), cls=folder.name)
-        idx.skip("validation/ images", count_images(folder / "validation", "*.png"), cls=folder.name)
+        idx.skip("validation/ images", sum(count_images(rgb) for rgb in folder.glob("validation/*/rgb")),
+                 cls=folder.name)
     return idx.meta()

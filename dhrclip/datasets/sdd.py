@@ -17,4 +17,4 @@ from ..indexing import mvtec_layout_index
 
 
 def index(root: Path, classes: list[str] | None = None) -> dict:
-    return mvtec_layout_index(root, classes, None, dataset="sdd")
+    return mvtec_layout_index(root, classes, dataset="sdd")
