@@ -172,7 +172,7 @@ def add_pairs(index: Index, images: Path | list[Path], masks: Path, cls: str, ma
     ``masks``, paired by name: the mask of ``x.jpg`` is ``mask_stem("x")`` with any image
     suffix. Never by position, as sorted-list pairing goes silently wrong after one stray
     file. Images without a mask and masks without an image are counted as left out. The
-    threshold defaults to ``mask_threshold_for`` each mask."""
+    threshold defaults to the mask's own (``item``)."""
     files = images_in(masks)
     by_stem = {m.stem: m for m in files}
     index.skip(f"masks in {masks.relative_to(index.root)} sharing a name with another (b.jpg beside b.png)",
@@ -185,8 +185,7 @@ def add_pairs(index: Index, images: Path | list[Path], masks: Path, cls: str, ma
                 index.skip(f"images in {folder.relative_to(index.root)} without a mask")
                 continue
             used.add(mask.stem)
-            index.add("test", cls, image, 1, mask, "anomaly",
-                      mask_threshold_for(mask) if mask_threshold is None else mask_threshold)
+            index.add("test", cls, image, 1, mask, "anomaly", mask_threshold)
     index.skip(f"masks in {masks.relative_to(index.root)} without an image", len(by_stem) - len(used))
 
 
@@ -237,8 +236,9 @@ def mvtec_layout_index(root: Path, classes: list[str] | None = None, expected: l
     folders = sorted(p for p in idx.root.iterdir() if (p / "test").is_dir() and not p.name.startswith("."))
     if not folders:
         raise UserError(f"{idx.root} has no <class>/test folders: not an MVTec-style dataset")
-    if expected and not classes and set(expected) - {f.name for f in folders}:
-        log.warning("%s lacks the standard classes %s", idx.root, sorted(set(expected) - {f.name for f in folders}))
+    lacking = sorted(set(expected or ()) - {f.name for f in folders})
+    if lacking and not classes:
+        log.warning("%s lacks the standard classes %s", idx.root, lacking)
     for folder in folders:
         for split in ("train", "test"):
             split_dir = folder / split

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UserError
-from ..indexing import Index, marks_anything, mask_threshold_for, suffixed_masks
+from ..indexing import Index, marks_anything, suffixed_masks
 
 CLASS = "electrical_commutators"
 
@@ -33,7 +33,7 @@ def index(root: Path, classes: list[str] | None = None) -> dict:
             if mask is None:
                 idx.skip("images without a _label mask")
             elif marks_anything(mask):
-                idx.add("test", CLASS, image, 1, mask, "defect", mask_threshold_for(mask))
+                idx.add("test", CLASS, image, 1, mask, "defect")
             else:
                 idx.add("test", CLASS, image, 0, specie="good")
     return idx.meta()

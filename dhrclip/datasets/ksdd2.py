@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UserError
-from ..indexing import Index, find_folder, marks_anything, mask_threshold_for, suffixed_masks
+from ..indexing import Index, find_folder, marks_anything, suffixed_masks
 
 CLASS = "ksdd2"
 
@@ -32,5 +32,5 @@ def index(root: Path, classes: list[str] | None = None) -> dict:
             elif split == "train":
                 idx.skip("defective images of train/ (the train split holds normal images)")
             else:
-                idx.add(split, CLASS, image, 1, mask, "defect", mask_threshold_for(mask))
+                idx.add(split, CLASS, image, 1, mask, "defect")
     return idx.meta()
