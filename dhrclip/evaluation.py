@@ -6,6 +6,7 @@ import logging
 import shutil
 import time
 import zlib
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -139,22 +140,21 @@ def _resized(amap: torch.Tensor, size: tuple[int, int] | np.ndarray) -> torch.Te
     return F.interpolate(amap[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
 
 
-def _spread(means: list[dict[str, float | None]]) -> dict[str, float | None]:
-    """Standard deviation over runs of each mean metric (population std, as the literature reports)."""
-    spread: dict[str, float | None] = {}
-    for name in METRIC_NAMES:
-        values = [m[name] for m in means if m[name] is not None]
-        spread[name] = float(np.std(values)) if values else None
-    return spread
+def over_defined(rows: Iterable[dict[str, float | None]], reduce: Callable[[list[float]], float] = np.mean,
+                 names: Sequence[str] = METRIC_NAMES) -> dict[str, float | None]:
+    """Each metric ``reduce``d over the rows where it is defined; None where no row defines it
+    (a class mean, the std over few-shot draws, a block of the suite's table)."""
+    rows = list(rows)
+    result: dict[str, float | None] = {}
+    for name in names:
+        values = [row[name] for row in rows if row[name] is not None]
+        result[name] = float(reduce(values)) if values else None
+    return result
 
 
 def mean_metrics(per_class: dict[str, dict[str, float | None]]) -> dict[str, float | None]:
     """Mean over the classes where each metric is defined."""
-    mean: dict[str, float | None] = {}
-    for name in METRIC_NAMES:
-        values = [m[name] for m in per_class.values() if m[name] is not None]
-        mean[name] = float(np.mean(values)) if values else None
-    return mean
+    return over_defined(per_class.values())
 
 
 def format_table(per_class: dict[str, dict], mean: dict, names: list[str], std: dict | None = None) -> str:
@@ -373,7 +373,7 @@ def evaluate(model: DHRCLIP, config: EvalConfig) -> dict:
 
     names = [n for n in METRIC_NAMES
              if (want_pixel and n.startswith("pixel")) or (want_image and n.startswith("image"))]
-    std = _spread([run["mean"] for run in runs]) if len(runs) > 1 else None
+    std = over_defined([run["mean"] for run in runs], np.std) if len(runs) > 1 else None  # population std
     table = format_table(per_class, mean, names, std)
     here = world()
     results = {

@@ -18,7 +18,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 from tabulate import tabulate
 
 from .config import EvalConfig
@@ -26,7 +25,7 @@ from .datasets import DATASETS, DOMAINS, Dataset
 from .detector import DHRCLIP
 from .distributed import gather_all, world
 from .errors import UserError
-from .evaluation import evaluate
+from .evaluation import evaluate, over_defined
 from .files import save_json
 from .indexing import write_meta
 
@@ -36,9 +35,9 @@ COLUMNS = ("image_auroc", "image_ap", "pixel_auroc", "pixel_aupro")
 HEADERS = ("dataset", "image AUROC", "image AP", "pixel AUROC", "pixel AUPRO")
 
 
-def prepare(spec: Dataset, folder: Path, reindex: bool) -> tuple[str, list[str]]:
-    """Index ``folder`` unless it has a meta.json (or ``reindex``): which index is used, and notes
-    on it for the table.
+def prepare(spec: Dataset, folder: Path, reindex: bool) -> tuple[str, dict | None]:
+    """Index ``folder`` unless it has a meta.json (or ``reindex``): which index is used, and its
+    contents (None when an existing file cannot be parsed: the test reports that properly).
 
     Every process takes the same branch (rank 0's view of the folder) and reads or
     builds the index, so an error stops them all alike; rank 0 writes the file and
@@ -46,7 +45,11 @@ def prepare(spec: Dataset, folder: Path, reindex: bool) -> tuple[str, list[str]]
     meta_file = folder / "meta.json"
     existing = gather_all(meta_file.is_file())[0] and not reindex
     if existing:
-        return f"existing {meta_file}", _origin(spec, meta_file)
+        try:
+            meta = json.loads(meta_file.read_text())
+        except (OSError, ValueError):
+            meta = None
+        return f"existing {meta_file}", meta if isinstance(meta, dict) else None
     meta = spec.index(folder, None)
     failure = None
     if world().is_main:
@@ -57,39 +60,37 @@ def prepare(spec: Dataset, folder: Path, reindex: bool) -> tuple[str, list[str]]
     failure = gather_all(failure)[0]
     if failure:
         raise UserError(failure)
-    return f"indexed by generate_dataset_json/{spec.name}.py", []
+    return f"indexed by generate_dataset_json/{spec.name}.py", meta
 
 
-def _origin(spec: Dataset, meta_file: Path) -> list[str]:
-    """Check an existing meta.json against the dataset it is tested as: refused when another
-    dataset's generator wrote it (two names, one folder), a warning when another tool did
-    (indexes of other projects pair masks by position and binarise JPEG masks above 0), and
-    a note when it indexes some classes only."""
-    try:
-        info = json.loads(meta_file.read_text()).get("info", {})
-    except (OSError, ValueError, AttributeError):
-        return []  # read_meta reports a broken file properly
+def _check_origin(spec: Dataset, folder: Path, meta: dict | None) -> list[str]:
+    """Check an index against the dataset it is tested as: refused when another dataset's
+    generator wrote it (two names, one folder), a warning when another tool did (indexes of
+    other projects pair masks by position and binarise JPEG masks above 0), and a note for the
+    table when it indexes some classes only."""
+    info = (meta or {}).get("info")
     info = info if isinstance(info, dict) else {}
     written_for = info.get("dataset")
     if written_for in DATASETS and written_for != spec.name:
-        raise UserError(f"{meta_file} indexes {written_for}, not {spec.name}: the folder holds another dataset, or "
-                        f"both names point at one folder; point {spec.name} at its own folder (for a bundle such as "
-                        f"TestDataset/, the sub-folder of {spec.title}), or --reindex")
-    if written_for != spec.name and world().is_main:
+        raise UserError(f"{folder / 'meta.json'} indexes {written_for}, not {spec.name}: the folder holds another "
+                        f"dataset, or both names point at one folder; point {spec.name} at its own folder (for a "
+                        f"bundle such as TestDataset/, the sub-folder of {spec.title}), or --reindex")
+    if meta is not None and written_for != spec.name and world().is_main:
         log.warning("%s was not written by generate_dataset_json/%s.py: its masks may be paired or binarised "
-                    "differently; --reindex rebuilds it", meta_file, spec.name)
+                    "differently; --reindex rebuilds it", folder / "meta.json", spec.name)
     if info.get("classes"):
         return [f"indexed for the classes {', '.join(info['classes'])} only; --reindex indexes them all"]
     return []
 
 
-def _has_train_images(folder: Path) -> bool:
-    """Whether meta.json's train section lists normal images (what k_shot draws from); a file
+def _has_train_images(meta: dict | None) -> bool:
+    """Whether the index's train section lists normal images (what k_shot draws from); an index
     that cannot be read is left for the test to report."""
+    if meta is None:
+        return True
     try:
-        train = json.loads((folder / "meta.json").read_text()).get("train") or {}
-        return any(not row.get("anomaly") for rows in train.values() for row in rows)
-    except (OSError, ValueError, AttributeError, TypeError):
+        return any(not row.get("anomaly") for rows in (meta.get("train") or {}).values() for row in rows)
+    except (AttributeError, TypeError):
         return True
 
 
@@ -132,8 +133,9 @@ def run_suite(model: DHRCLIP, data_root: Path, settings: EvalConfig, names: list
             if same != spec.name:
                 raise UserError(f"{folder} is the folder of {same} too; point {spec.name} at its own folder (for a "
                                 f"bundle such as TestDataset/, the sub-folder of {spec.title})")
-            row["index"], notes = prepare(spec, folder, reindex)
-            if settings.k_shot and not _has_train_images(folder):
+            row["index"], meta = prepare(spec, folder, reindex)
+            notes = _check_origin(spec, folder, meta)
+            if settings.k_shot and not _has_train_images(meta):
                 row.update(status="not applicable", reason=f"k_shot {settings.k_shot}: {spec.title} has no normal "
                                                             f"training images to draw from")
                 log.info("%s: %s", spec.name, row["reason"])
@@ -170,12 +172,8 @@ def run_suite(model: DHRCLIP, data_root: Path, settings: EvalConfig, names: list
 
 def block_mean(rows: dict[str, dict], domain: str) -> dict[str, float | None]:
     """Each column's mean over the block's tested datasets where it is defined."""
-    mean: dict[str, float | None] = {}
-    for column in COLUMNS:
-        values = [row["metrics"][column] for row in rows.values()
-                  if row["domain"] == domain and row["status"] == "tested" and row["metrics"][column] is not None]
-        mean[column] = float(np.mean(values)) if values else None
-    return mean
+    tested = (row["metrics"] for row in rows.values() if row["domain"] == domain and row["status"] == "tested")
+    return over_defined(tested, names=COLUMNS)
 
 
 def format_suite(report: dict) -> str:
