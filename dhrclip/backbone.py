@@ -2,16 +2,14 @@
 
 Every source ends as an open_clip ``CLIP`` in fp32 on the CPU, with the file its
 weights came from (None for random weights). Local files are
-read without running code: OpenAI JIT archives through ``torch.jit.load``,
-everything else with ``torch.load(weights_only=True)`` or safetensors.
+read without running code: OpenAI's TorchScript archives by a restricted unpickler
+(``torchscript.py``), everything else with ``torch.load(weights_only=True)`` or safetensors.
 """
 from __future__ import annotations
 
 import logging
 import os
 import socket
-import warnings
-import zipfile
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -25,6 +23,7 @@ from open_clip.pretrained import download_pretrained, get_pretrained_cfg, list_p
 from .config import DEFAULT_MODEL
 from .errors import UserError
 from .files import safe_torch_load
+from .torchscript import is_torchscript_archive, read_torchscript_tensors
 
 log = logging.getLogger(__name__)
 
@@ -129,29 +128,19 @@ def _download(model_name: str, tag: str) -> Path:
     return Path(target)
 
 
-def _is_jit_archive(path: Path) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        return any(name.endswith("constants.pkl") or "/code/" in name for name in archive.namelist())
-
-
 def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], bool]:
     """State dict of a CLIP weights file, whatever its container, without executing code,
     and whether the file is in OpenAI's own format (a JIT archive, or OpenAI's extra keys)."""
     if not path.is_file():
         raise UserError(f"weights file not found: {path} (give pretrained as an existing file, "
                         f"e.g. OpenAI's ViT-L-14-336px.pt)", field="pretrained")
-    jit = path.suffix != ".safetensors" and _is_jit_archive(path)
-    if path.suffix == ".safetensors" or jit:
+    jit = path.suffix != ".safetensors" and is_torchscript_archive(path)
+    if jit:
+        state = read_torchscript_tensors(path)
+    elif path.suffix == ".safetensors":
+        from safetensors.torch import load_file
         try:
-            if path.suffix == ".safetensors":
-                from safetensors.torch import load_file
-                state = load_file(str(path))
-            else:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, OpenAI's files are not
-                    state = torch.jit.load(str(path), map_location="cpu").state_dict()
+            state = load_file(str(path))
         except Exception as exc:
             raise UserError(f"cannot read weights file {path}: corrupt ({type(exc).__name__})",
                             field="pretrained") from exc

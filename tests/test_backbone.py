@@ -1,9 +1,12 @@
 """Loading CLIP weights: OpenAI files, JIT archives, open_clip and safetensors files, tags offline."""
 import time
+import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from dhrclip import backbone
 from dhrclip.backbone import load_clip
@@ -42,12 +45,93 @@ def test_half_precision_openai_file_loads_as_fp32(tmp_path):
     assert loaded.visual.proj.dtype == torch.float32
 
 
-def test_jit_archive_loads_through_torch_jit(tmp_path):
+def scripted_archive(model, path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated; OpenAI's archives are not
+        torch.jit.save(torch.jit.script(model), str(path))
+    return path
+
+
+class Payload(torch.nn.Module):
+    """A scripted module whose ``__setstate__`` writes a file: what ``torch.jit.load`` would run."""
+
+    def __init__(self, marker: str):
+        super().__init__()
+        self.marker = marker
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    @torch.jit.export
+    def __getstate__(self) -> str:
+        return self.marker
+
+    @torch.jit.export
+    def __setstate__(self, state: str) -> None:
+        written = torch.from_file(state, True, 8).fill_(1.0)  # creates the file named by the state
+        self.marker = state + str(int(written.sum().item()))
+        self.training = False
+
+
+def booby_trapped_clip(path, marker, seed=0):
+    """A TorchScript archive of the tiny CLIP (its tensors intact) with a code-running submodule."""
+    model = tiny_clip(seed=seed)
+    model.payload = Payload(str(marker))
+    return scripted_archive(model, path)
+
+
+def test_torchscript_archive_loads_identical_tensors_without_torch_jit(tmp_path, monkeypatch):
     model = tiny_clip(seed=4)
-    scripted = torch.jit.script(model)
-    path = tmp_path / "tiny_jit.pt"
-    torch.jit.save(scripted, str(path))
-    assert same_weights(load_clip(pretrained=str(path))[0], model)
+    path = scripted_archive(model, tmp_path / "tiny_jit.pt")
+    def refuse(*args, **kwargs):
+        raise AssertionError("torch.jit.load must not be called on a user's file")
+    monkeypatch.setattr(torch.jit, "load", refuse)
+    loaded, _ = load_clip(pretrained=str(path))
+    assert same_weights(loaded, model)
+    assert type(loaded.visual.transformer.resblocks[0].mlp.gelu).__name__ == "QuickGELU"  # OpenAI's format
+
+
+def test_the_trap_is_real_under_torch_jit_load(tmp_path):
+    """The archive of the next test does run code when torch.jit.load opens it."""
+    marker = tmp_path / "marker"
+    path = booby_trapped_clip(tmp_path / "trap.pt", marker)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.load(str(path))
+    assert marker.exists()
+
+
+def test_torchscript_archive_code_never_runs(tmp_path, source_data):
+    from conftest import SMALL, train_small
+    from dhrclip import DHRCLIP, cli
+    from dhrclip.synthetic import synthetic_image
+    marker = tmp_path / "marker"
+    (tmp_path / "shared").mkdir()  # a folder shared as "checkpoint + weights"
+    path = booby_trapped_clip(tmp_path / "shared" / "ViT-tiny.pt", marker, seed=0)
+    loaded, _ = load_clip(pretrained=str(path))                        # the loader itself
+    assert same_weights(loaded, tiny_clip(seed=0))
+    train_small(source_data, tmp_path / "shared", path)                 # a run whose checkpoint records it
+    DHRCLIP.from_checkpoint(tmp_path / "shared")                        # the API, through the recorded file
+    Image.fromarray(synthetic_image("disk", 48, 48, np.random.default_rng(0))).save(tmp_path / "part.png")
+    for flags in ([], ["--pretrained", str(path)]):                   # the command line, recorded or named
+        cli.predict_main(["--checkpoint_path", str(tmp_path / "shared"), "--input", str(tmp_path / "part.png"),
+                          "--save_path", str(tmp_path / "out"), "--overwrite", *flags, *SMALL[-6:]])
+    assert not marker.exists()
+
+
+def test_torchscript_archive_with_foreign_globals_is_refused(tmp_path):
+    import pickle
+    import zipfile
+
+    class Exploit:
+        def __reduce__(self):
+            return (print, ("ran",))
+    path = tmp_path / "evil.pt"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("evil/data.pkl", pickle.dumps(Exploit(), protocol=2))
+        archive.writestr("evil/constants.pkl", pickle.dumps((), protocol=2))
+    with pytest.raises(UserError, match=r"print, which a weights file has no need of"):
+        load_clip(pretrained=str(path))
 
 
 def test_safetensors_and_wrapped_open_clip_state_dicts(tmp_path):
@@ -144,3 +228,35 @@ def test_openai_weights_in_a_gelu_architecture_are_refused_naming_the_right_mode
     monkeypatch.setattr(backbone, "_download", lambda model, tag: plain)
     with pytest.raises(UserError, match="QuickGELU"):  # the 'openai' tag means OpenAI's weights
         load_clip("ViT-B-16", "openai")
+
+
+def test_torchscript_storage_larger_than_the_file_is_refused_before_inflating(tmp_path):
+    """A zip bomb: a few hundred KB that declare 80 MB of tensor data."""
+    import collections
+    import io
+    import pickle
+    import zipfile
+
+    numel = 20_000_000
+
+    class Storage:
+        pass
+
+    class Tensor:
+        def __reduce__(self):
+            return torch._utils._rebuild_tensor_v2, (Storage(), 0, (numel,), (1,), False, collections.OrderedDict())
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            return ("storage", torch.FloatStorage, "0", "cpu", numel) if isinstance(obj, Storage) else None
+
+    data = io.BytesIO()
+    Pickler(data, protocol=2).dump(Tensor())
+    path = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("bomb/data.pkl", data.getvalue())
+        archive.writestr("bomb/constants.pkl", pickle.dumps((), protocol=2))
+        archive.writestr("bomb/data/0", bytes(numel * 4))
+    assert path.stat().st_size < 1_000_000
+    with pytest.raises(UserError, match="storages declare more bytes than the file holds"):
+        load_clip(pretrained=str(path))
