@@ -14,28 +14,28 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
     from .config import EvalConfig, ModelConfig, PredictConfig, TrainConfig
-    from .detector import DHRCLIP
+    from .detector.facade import DHRCLIP
     from .errors import UserError
-    from .evaluation import evaluate
-    from .inference import Prediction
-    from .prediction import predict
-    from .suite import run_suite
-    from .training import train
+    from .engine.evaluation import evaluate
+    from .detector.inference import Prediction
+    from .engine.prediction import predict
+    from .engine.suite import run_suite
+    from .engine.training import train
 
 __version__ = "0.2.0"
 
 _EXPORTS = {
-    "DHRCLIP": "detector",
-    "Prediction": "inference",
+    "DHRCLIP": "detector.facade",
+    "Prediction": "detector.inference",
     "ModelConfig": "config",
     "TrainConfig": "config",
     "EvalConfig": "config",
     "PredictConfig": "config",
     "UserError": "errors",
-    "train": "training",
-    "evaluate": "evaluation",
-    "predict": "prediction",
-    "run_suite": "suite",
+    "train": "engine.training",
+    "evaluate": "engine.evaluation",
+    "predict": "engine.prediction",
+    "run_suite": "engine.suite",
 }
 __all__ = [*_EXPORTS, "__version__"]
 

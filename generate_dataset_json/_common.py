@@ -3,8 +3,8 @@ import argparse
 from pathlib import Path
 
 from dhrclip.cli import run
-from dhrclip.datasets import dataset
-from dhrclip.indexing import write_meta
+from dhrclip.data.datasets import dataset
+from dhrclip.data.indexing import write_meta
 
 
 def dataset_main(name: str) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from _common import run
 
-from dhrclip.indexing import csv_index, folder_index, write_meta
+from dhrclip.data.indexing import csv_index, folder_index, write_meta
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from dhrclip import DHRCLIP
 from dhrclip.config import ModelConfig
-from dhrclip.synthetic import save_openai_format, tiny_clip
+from dhrclip.data.synthetic import save_openai_format, tiny_clip
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:

@@ -30,9 +30,9 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from dhrclip.config import ModelConfig, TrainConfig
-from dhrclip.indexing import mvtec_layout_index, write_meta
-from dhrclip.synthetic import paint_defect, save_openai_format, synthetic_image, tiny_clip, write_mvtec_dataset
-from dhrclip.training import train
+from dhrclip.data.indexing import mvtec_layout_index, write_meta
+from dhrclip.data.synthetic import paint_defect, save_openai_format, synthetic_image, tiny_clip, write_mvtec_dataset
+from dhrclip.engine.training import train
 
 ROOT = Path(__file__).resolve().parent.parent
 # The tests' tiny model (tests/conftest.py): global view 56, tiles of 70 on a 112 canvas, two taps.

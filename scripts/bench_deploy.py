@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from _bench_model import add_model_arguments, build_model
-from dhrclip.deploy import OnnxDetector
-from dhrclip.export import export_onnx
+from dhrclip.deploy.runtime import OnnxDetector
+from dhrclip.deploy.export import export_onnx
 
 
 def main() -> None:

@@ -17,8 +17,8 @@ import torch
 from PIL import Image
 
 from _bench_model import add_model_arguments, build_model
-from dhrclip.inference import iter_predictions
-from dhrclip.synthetic import synthetic_image
+from dhrclip.detector.inference import iter_predictions
+from dhrclip.data.synthetic import synthetic_image
 
 
 def main() -> None:

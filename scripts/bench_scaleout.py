@@ -49,8 +49,8 @@ def main() -> None:
 
 def measure(args: argparse.Namespace, work: Path) -> None:
     """Write the data and weights into ``work``, then time every command and process count."""
-    from dhrclip.indexing import mvtec_layout_index, write_meta
-    from dhrclip.synthetic import save_openai_format, tiny_clip, write_mvtec_dataset
+    from dhrclip.data.indexing import mvtec_layout_index, write_meta
+    from dhrclip.data.synthetic import save_openai_format, tiny_clip, write_mvtec_dataset
 
     data = work / "data"
     n_defect = args.images_per_class * 5 // 8

@@ -21,11 +21,11 @@ from scipy.ndimage import gaussian_filter
 from dhrclip import DHRCLIP, TrainConfig, train
 from dhrclip.cli import add_model_arguments, model_overrides
 from dhrclip.config import resolve_model_config
-from dhrclip.data import CanvasDataset, load_rgb, read_meta, to_canvas
-from dhrclip.indexing import mvtec_layout_index, write_meta
-from dhrclip.inference import iter_batches
-from dhrclip.maps import TEMPERATURE, token_probabilities
-from dhrclip.synthetic import write_mvtec_dataset
+from dhrclip.data.canvases import CanvasDataset, load_rgb, read_meta, to_canvas
+from dhrclip.data.indexing import mvtec_layout_index, write_meta
+from dhrclip.detector.inference import iter_batches
+from dhrclip.core.maps import TEMPERATURE, token_probabilities
+from dhrclip.data.synthetic import write_mvtec_dataset
 
 
 def synchronize(device: torch.device) -> None:

@@ -12,10 +12,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from dhrclip.images import load_rgb
-from dhrclip.synthetic import paint_defect, synthetic_image
-from dhrclip.tiling import TileGrid, place
-from dhrclip.visualize import save_rgb
+from dhrclip.data.images import load_rgb
+from dhrclip.data.synthetic import paint_defect, synthetic_image
+from dhrclip.core.tiling import TileGrid, place
+from dhrclip.engine.figures import save_rgb
 
 COLOURS = [(255, 200, 0), (0, 200, 255), (255, 80, 200), (120, 255, 120)]
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from dhrclip.config import ModelConfig, TrainConfig
-from dhrclip.indexing import mvtec_layout_index, write_meta
-from dhrclip.synthetic import save_openai_format, tiny_clip, write_mvtec_dataset
-from dhrclip.training import train
+from dhrclip.data.indexing import mvtec_layout_index, write_meta
+from dhrclip.data.synthetic import save_openai_format, tiny_clip, write_mvtec_dataset
+from dhrclip.engine.training import train
 
 ROOT = Path(__file__).resolve().parent.parent
 

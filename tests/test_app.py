@@ -28,8 +28,8 @@ from PIL import Image
 from conftest import ROOT, RUNTIME
 from dhrclip import DHRCLIP, cli
 from dhrclip.files import save_json
-from dhrclip.prediction import CSV_FIELDS, read_threshold_file, threshold_record
-from dhrclip.synthetic import paint_defect, synthetic_image
+from dhrclip.engine.prediction import CSV_FIELDS, read_threshold_file, threshold_record
+from dhrclip.data.synthetic import paint_defect, synthetic_image
 from test_predict import predict_cli
 
 REQUIRED = os.environ.get("DHRCLIP_REQUIRE_BROWSER") == "1"
@@ -47,8 +47,8 @@ try:
     import httpx
     import uvicorn
 
-    from dhrclip.app import bind, create_app
-    from dhrclip.inspection import AppSettings, Inspector, Limits
+    from dhrclip.page.server import bind, create_app
+    from dhrclip.page.inspector import AppSettings, Inspector, Limits
 except ModuleNotFoundError as missing:
     _unavailable(f"the inspection page needs {missing.name}: pip install -e '.[dev]'")
 
@@ -356,7 +356,7 @@ def test_app_py_starts_from_a_threshold_file_and_a_reference(monkeypatch, capsys
     few = model.with_reference(good_parts, "auto", 9, 4)
     save_json(tmp_path / "threshold.json", threshold_record(few, 0.3, 0.9, "auto", 9, rule="by hand"))
     started = {}
-    monkeypatch.setattr("dhrclip.app.serve", lambda model, settings, host, port, ready: started.update(
+    monkeypatch.setattr("dhrclip.page.server.serve", lambda model, settings, host, port, ready: started.update(
         model=model, settings=settings, host=host, port=port))
     common = ["--checkpoint_path", str(checkpoint), "--threshold_file", str(tmp_path / "threshold.json")]
     cli.app_main([*common, "--reference", str(good_parts[0].parent), "--batch_size", "4", "--device", "cpu"])

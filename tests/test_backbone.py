@@ -8,10 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from dhrclip import backbone
-from dhrclip.backbone import load_clip
+from dhrclip.core import backbone
+from dhrclip.core.backbone import load_clip
 from dhrclip.errors import UserError
-from dhrclip.synthetic import tiny_clip
+from dhrclip.data.synthetic import tiny_clip
 
 
 def same_weights(a, b):
@@ -104,7 +104,7 @@ def test_the_trap_is_real_under_torch_jit_load(tmp_path):
 def test_torchscript_archive_code_never_runs(tmp_path, source_data):
     from conftest import SMALL, train_small
     from dhrclip import DHRCLIP, cli
-    from dhrclip.synthetic import synthetic_image
+    from dhrclip.data.synthetic import synthetic_image
     marker = tmp_path / "marker"
     (tmp_path / "shared").mkdir()  # a folder shared as "checkpoint + weights"
     path = booby_trapped_clip(tmp_path / "shared" / "ViT-tiny.pt", marker, seed=0)

@@ -14,10 +14,10 @@ from PIL import Image
 
 from conftest import ROOT, RUNTIME, small_config, train_small
 from dhrclip import DHRCLIP, PredictConfig, cli, predict
-from dhrclip.checkpoint import read_checkpoint, save_checkpoint
+from dhrclip.detector.checkpoint import read_checkpoint, save_checkpoint
 from dhrclip.config import ModelConfig, check_resumable, resolve_model_config
 from dhrclip.errors import UserError
-from dhrclip.synthetic import save_openai_format, synthetic_image, tiny_clip
+from dhrclip.data.synthetic import save_openai_format, synthetic_image, tiny_clip
 
 # Nothing here is a default: taps, V-V depth, geometry, prompt shapes and smoothing all differ.
 ODD_FLAGS = ["--features_list", "1", "3", "--dpam", "2", "--image_size", "42", "--patch_image_size", "56",
@@ -278,7 +278,7 @@ def test_pip_install_gives_a_package_that_imports_from_anywhere(tmp_path):
         shutil.copy(ROOT / name, source / name)
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
                     "--target", str(target), str(source)], check=True, capture_output=True)
-    assert (target / "dhrclip" / "detector.py").is_file() and not (target / "dhrclip" / "tests").exists()
+    assert (target / "dhrclip" / "detector" / "facade.py").is_file() and not (target / "dhrclip" / "tests").exists()
     code = "import dhrclip, sys; print(dhrclip.__version__, dhrclip.__file__, 'torch' in sys.modules)"
     proc = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(target)!r}); {code}"],
                           capture_output=True, text=True, cwd=tmp_path)
@@ -332,7 +332,7 @@ def test_resuming_without_a_model_uses_the_checkpoint_settings(tmp_path, clip_fi
 
 def test_quick_gelu_tags_other_than_openai_are_refused_in_gelu_architectures(tmp_path, monkeypatch):
     import open_clip
-    from dhrclip import backbone
+    from dhrclip.core import backbone
     plain = tmp_path / "b32.pt"
     torch.save(open_clip.create_model("ViT-B-32", pretrained=None).state_dict(), plain)
     monkeypatch.setattr(backbone, "_download", lambda model, tag: plain)
@@ -341,7 +341,7 @@ def test_quick_gelu_tags_other_than_openai_are_refused_in_gelu_architectures(tmp
 
 
 def test_bad_precision_is_refused_before_the_backbone_loads(odd_checkpoint, monkeypatch):
-    from dhrclip import detector
+    from dhrclip.detector import facade as detector
     monkeypatch.setattr(detector, "load_clip", lambda *a: pytest.fail("loaded the backbone"))
     with pytest.raises(UserError, match="precision 'float16' is not one of fp32, fp16, bf16") as error:
         DHRCLIP.from_checkpoint(odd_checkpoint, device="cpu", precision="float16")

@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from conftest import ROOT
-from dhrclip.data import CanvasDataset, read_meta, resize_mask
-from dhrclip.datasets import DATASETS
+from dhrclip.data.canvases import CanvasDataset, read_meta, resize_mask
+from dhrclip.data.datasets import DATASETS
 from dhrclip.errors import UserError
-from dhrclip.images import load_mask
-from dhrclip.indexing import write_meta
+from dhrclip.data.images import load_mask
+from dhrclip.data.indexing import write_meta
 from layouts import BOX, image, mask, painted
 
 
@@ -454,7 +454,7 @@ def test_label_files_are_read_strictly(tmp_path):
 
 
 def test_folder_layout_ignores_hidden_folders(tmp_path):
-    from dhrclip.indexing import folder_index
+    from dhrclip.data.indexing import folder_index
     image(tmp_path / "good" / "a.png")
     image(tmp_path / "scratch" / "b.png")
     image(tmp_path / ".ipynb_checkpoints" / "c.png")

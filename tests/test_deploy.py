@@ -13,8 +13,8 @@ from PIL import Image
 
 from conftest import ROOT
 from dhrclip import DHRCLIP, cli
-from dhrclip.deploy import OnnxDetector, resize_bilinear
-from dhrclip.synthetic import synthetic_image
+from dhrclip.deploy.runtime import OnnxDetector, resize_bilinear
+from dhrclip.data.synthetic import synthetic_image
 
 pytest.importorskip("onnxruntime")
 
@@ -80,7 +80,7 @@ class Blocked(importlib.abc.MetaPathFinder):
         if name.split(".")[0] in ("torch", "torchvision", "open_clip", "cv2", "sklearn", "skimage", "scipy"):
             raise ImportError("blocked: " + name)
 sys.meta_path.insert(0, Blocked())
-from dhrclip.deploy import OnnxDetector
+from dhrclip.deploy.runtime import OnnxDetector
 detector = OnnxDetector({str(exported)!r})
 results = detector.predict([{str(parts / "part_0.png")!r}, {str(parts / "gray.png")!r}])
 print(json.dumps([[r.anomaly_map.shape, r.score, detector.decide(r)] for r in results]))
@@ -130,7 +130,7 @@ def test_what_cannot_be_exported_is_refused_naming_the_flag(checkpoint, tmp_path
 def test_fp16_export_and_a_baked_reference_bank(checkpoint, parts, tmp_path):
     model = DHRCLIP.from_checkpoint(checkpoint, device="cpu", precision="fp32")
     few = model.with_reference(sorted(parts.glob("part_*.png"))[:2], grid="fixed")
-    from dhrclip.export import export_onnx
+    from dhrclip.deploy.export import export_onnx
 
     export_onnx(few, tmp_path / "few.onnx")
     export_onnx(model, tmp_path / "half.onnx", precision="fp16")

@@ -16,9 +16,9 @@ import torch.multiprocessing as mp
 
 from conftest import ROOT, SMALL
 from dhrclip import cli
-from dhrclip.distributed import World
-from dhrclip.indexing import mvtec_layout_index, write_meta
-from dhrclip.synthetic import write_mvtec_dataset
+from dhrclip.engine.distributed import World
+from dhrclip.data.indexing import mvtec_layout_index, write_meta
+from dhrclip.data.synthetic import write_mvtec_dataset
 
 # The same settings for both kinds of run, at batch size 3 so that batches straddle classes and shards.
 FLAGS = [*SMALL, "--batch_size", "3"]
@@ -120,7 +120,7 @@ def test_predict_py_two_processes_write_every_input_once_in_order(tmp_path, targ
 
 def _collectives(rank: int, size: int, folder: str) -> None:
     """One gloo process: accumulators summed across ranks, objects gathered, legacy maps to rank 0."""
-    from dhrclip.distributed import gather_all, gather_to_main, sum_across
+    from dhrclip.engine.distributed import gather_all, gather_to_main, sum_across
     from dhrclip.metrics import PixelAccumulator
 
     os.environ.update(MASTER_ADDR="127.0.0.1")
@@ -146,7 +146,7 @@ def test_collectives_under_gloo(tmp_path, monkeypatch):
 
 
 def test_a_numbered_gpu_is_refused_under_torchrun(monkeypatch):
-    from dhrclip.distributed import start
+    from dhrclip.engine.distributed import start
     from dhrclip.errors import UserError
 
     monkeypatch.setenv("WORLD_SIZE", "2")
@@ -157,7 +157,7 @@ def test_a_numbered_gpu_is_refused_under_torchrun(monkeypatch):
 
 
 def test_feature_caches_of_the_processes_on_one_machine_share_its_memory(tmp_path, monkeypatch):
-    from dhrclip import feature_cache
+    from dhrclip.engine import feature_cache
 
     cache = feature_cache.FeatureCache("auto", 10, torch.device("cpu"), tmp_path)
     monkeypatch.setattr(feature_cache, "_host_bytes_available", lambda: 10_000)

@@ -12,10 +12,10 @@ from PIL import Image
 
 from conftest import SMALL_MODEL, train_small
 from dhrclip import DHRCLIP, EvalConfig, PredictConfig, evaluate, predict
-from dhrclip.data import AutoGrid, CanvasDataset, read_meta
-from dhrclip.indexing import mvtec_layout_index, write_meta
-from dhrclip.inference import iter_batches
-from dhrclip.synthetic import synthetic_image, write_mvtec_dataset
+from dhrclip.data.canvases import AutoGrid, CanvasDataset, read_meta
+from dhrclip.data.indexing import mvtec_layout_index, write_meta
+from dhrclip.detector.inference import iter_batches
+from dhrclip.data.synthetic import synthetic_image, write_mvtec_dataset
 
 DEFECT = (220, 30, 30)  # one colour for every painted defect, so a tiny CLIP can learn it
 
@@ -77,7 +77,7 @@ class RednessVision(torch.nn.Module):
         self.width = width
 
     def forward(self, views):
-        from dhrclip.vision import VisionOutput
+        from dhrclip.core.vision import VisionOutput
 
         redness = views[:, 0] - (views[:, 1] + views[:, 2]) / 2  # the paint: about 2.6 after normalisation
         r = F.avg_pool2d(torch.sigmoid(8 * (redness - 1.3))[:, None], self.patch_size)[:, 0]
@@ -138,12 +138,12 @@ def test_predict_writes_a_map_at_a_wide_frames_own_size_and_records_the_grid(che
     with open(tmp_path / "out" / "predictions.csv") as handle:
         (row,) = list(csv.DictReader(handle))
     p = model.config.patch_image_size
-    from dhrclip.tiling import choose_grid
+    from dhrclip.core.tiling import choose_grid
     assert (int(row["rows"]), int(row["cols"])) == choose_grid(1024, 2448, p, 9) == (2, 4)
 
 
 def test_training_with_auto_groups_batches_by_grid(painted, tmp_path, clip_file, monkeypatch):
-    from dhrclip.model import DHRCLIPModel
+    from dhrclip.core.network import DHRCLIPModel
 
     _, data = painted
     shapes = []

@@ -2,10 +2,10 @@
 import pytest
 import torch
 
-from dhrclip import feature_cache
-from dhrclip.feature_cache import FeatureCache
-from dhrclip.model import ViewFeatures
-from dhrclip.tiling import TileGrid
+from dhrclip.engine import feature_cache
+from dhrclip.engine.feature_cache import FeatureCache
+from dhrclip.core.network import ViewFeatures
+from dhrclip.core.tiling import TileGrid
 
 
 def batch(b, tiles=4, seed=0):

@@ -13,10 +13,10 @@ from PIL import Image
 from conftest import SMALL, train_small
 from dhrclip import DHRCLIP, EvalConfig, evaluate
 from dhrclip import cli
-from dhrclip import fewshot
+from dhrclip.core import fewshot
 from dhrclip.errors import UserError
-from dhrclip.indexing import mvtec_layout_index, write_meta
-from dhrclip.synthetic import synthetic_image, write_mvtec_dataset
+from dhrclip.data.indexing import mvtec_layout_index, write_meta
+from dhrclip.data.synthetic import synthetic_image, write_mvtec_dataset
 
 
 @pytest.fixture(scope="module")
@@ -75,15 +75,15 @@ def test_bank_tokens_and_few_shot_map_by_hand(checkpoint, goods):
 
 
 def _canvas(path, model):
-    from dhrclip.data import to_canvas
-    from dhrclip.images import load_rgb
+    from dhrclip.data.canvases import to_canvas
+    from dhrclip.data.images import load_rgb
 
     return to_canvas(load_rgb(path), model.config.target_image_size)
 
 
 def test_leave_one_out_calibration_never_uses_an_images_own_tokens(checkpoint, goods):
-    from dhrclip.inference import iter_predictions
-    from dhrclip.prediction import calibrate
+    from dhrclip.detector.inference import iter_predictions
+    from dhrclip.engine.prediction import calibrate
 
     model = DHRCLIP.from_checkpoint(checkpoint, device="cpu")
     few = model.with_reference(goods, grid="fixed")
@@ -206,7 +206,7 @@ def test_auto_banks_leave_padding_out_and_an_image_matches_itself_everywhere(che
 
 
 def test_a_class_draws_the_same_references_whichever_classes_are_tested(with_train_split):
-    from dhrclip.evaluation import draw_references
+    from dhrclip.engine.evaluation import draw_references
 
     _, test_root = with_train_split
     config = EvalConfig(data_path=test_root, k_shot=2)

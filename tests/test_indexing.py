@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from dhrclip.data import read_meta
+from dhrclip.data.canvases import read_meta
 from dhrclip.errors import UserError
-from dhrclip.indexing import mvtec_layout_index, visa_index
+from dhrclip.data.indexing import mvtec_layout_index, visa_index
 
 
 def test_visa_csv_index(tmp_path):

@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from dhrclip.losses import dice_loss, focal_loss
+from dhrclip.core.losses import dice_loss, focal_loss
 
 
 def test_focal_loss_hand_computed():
@@ -24,7 +24,7 @@ def test_dice_loss_hand_computed():
 
 
 def test_image_loss_uses_the_global_view_alone_by_hand():
-    from dhrclip.losses import image_loss
+    from dhrclip.core.losses import image_loss
     text = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     glob = torch.tensor([[3.0, 4.0], [1.0, 0.0]])  # normalised: (0.6, 0.8) and (1, 0)
     labels = torch.tensor([1, 0])

@@ -3,8 +3,8 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
-from dhrclip.maps import combine_views, gaussian_blur, image_logits, image_scores, minmax_normalize
-from dhrclip.tiling import TileGrid
+from dhrclip.core.maps import combine_views, gaussian_blur, image_logits, image_scores, minmax_normalize
+from dhrclip.core.tiling import TileGrid
 
 
 @pytest.mark.parametrize("sigma,size", [(8, (64, 48)), (4, (112, 112)), (2.5, (9, 20)), (8, (10, 10))])

@@ -16,12 +16,12 @@ from PIL import Image
 
 from conftest import ROOT, RUNTIME, SMALL
 from dhrclip import DHRCLIP, PredictConfig, cli, predict
-from dhrclip.data import worker_count
-from dhrclip.images import load_rgb
+from dhrclip.data.canvases import worker_count
+from dhrclip.data.images import load_rgb
 from dhrclip.files import save_json
-from dhrclip.indexing import mvtec_layout_index, write_meta
-from dhrclip.synthetic import synthetic_image, write_mvtec_dataset
-from dhrclip.visualize import DISPLAY_MAX, DISPLAY_MIN, ColorScale, prediction_figure
+from dhrclip.data.indexing import mvtec_layout_index, write_meta
+from dhrclip.data.synthetic import synthetic_image, write_mvtec_dataset
+from dhrclip.engine.figures import DISPLAY_MAX, DISPLAY_MIN, ColorScale, prediction_figure
 
 
 def write_images(folder, count, size=(40, 48), seed=0):
@@ -261,7 +261,7 @@ def test_auto_workers_start_none_for_small_jobs():
 
 def test_overwrite_never_removes_folders_no_run_wrote_and_inputs_inside_the_output_are_explained(tmp_path):
     from dhrclip.errors import UserError
-    from dhrclip.prediction import check_save_path, collect_images
+    from dhrclip.engine.prediction import check_save_path, collect_images
     (tmp_path / "project" / "figures").mkdir(parents=True)
     (tmp_path / "project" / "figures" / "thesis_plot.pdf").write_text("mine")
     config = PredictConfig(input="x", save_path=tmp_path / "project", overwrite=True)

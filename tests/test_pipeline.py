@@ -7,11 +7,11 @@ import torch
 
 from conftest import SMALL, SMALL_MODEL, small_config, train_small
 from dhrclip import DHRCLIP, EvalConfig, evaluate
-from dhrclip.checkpoint import read_checkpoint
+from dhrclip.detector.checkpoint import read_checkpoint
 from dhrclip import cli
-from dhrclip.data import CanvasDataset, read_meta, resize_mask
-from dhrclip.images import load_mask
-from dhrclip.inference import iter_batches
+from dhrclip.data.canvases import CanvasDataset, read_meta, resize_mask
+from dhrclip.data.images import load_mask
+from dhrclip.detector.inference import iter_batches
 from spec_reference import slow_image, slow_pixel_metrics, slow_text
 
 

@@ -11,9 +11,9 @@ from PIL import Image
 from conftest import RUNTIME, train_small
 from dhrclip import DHRCLIP, EvalConfig, PredictConfig, cli, evaluate, predict
 from dhrclip.errors import UserError
-from dhrclip.indexing import csv_index, folder_index, write_meta
-from dhrclip.prediction import decide
-from dhrclip.synthetic import paint_defect, synthetic_image
+from dhrclip.data.indexing import csv_index, folder_index, write_meta
+from dhrclip.engine.prediction import decide
+from dhrclip.data.synthetic import paint_defect, synthetic_image
 
 
 def predict_cli(*argv):

@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from dhrclip.errors import UserError
-from dhrclip.prompts import PromptLearner, TextEncoder
-from dhrclip.synthetic import tiny_clip
+from dhrclip.core.prompts import PromptLearner, TextEncoder
+from dhrclip.data.synthetic import tiny_clip
 
 
 def make(depth=3, n_ctx=5, t_n_ctx=2):

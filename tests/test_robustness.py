@@ -12,12 +12,13 @@ import torch
 from PIL import Image
 
 from conftest import ROOT, SMALL, train_small
-from dhrclip import cli, training
-from dhrclip.checkpoint import read_checkpoint, save_checkpoint
-from dhrclip.data import CanvasDataset, read_meta
-from dhrclip.images import load_mask, load_rgb
-from dhrclip.indexing import mvtec_layout_index, write_meta
-from dhrclip.synthetic import write_mvtec_dataset
+from dhrclip import cli
+from dhrclip.engine import training
+from dhrclip.detector.checkpoint import read_checkpoint, save_checkpoint
+from dhrclip.data.canvases import CanvasDataset, read_meta
+from dhrclip.data.images import load_mask, load_rgb
+from dhrclip.data.indexing import mvtec_layout_index, write_meta
+from dhrclip.data.synthetic import write_mvtec_dataset
 
 
 @pytest.fixture
@@ -224,7 +225,7 @@ def test_interrupted_results_write_leaves_the_previous_file(monkeypatch, tmp_pat
 
 KILL_DURING_SAVE = """
 import os, signal, torch
-from dhrclip import checkpoint
+from dhrclip.detector import checkpoint
 def half_then_die(state, handle):
     handle.write(b"PK partial checkpoint bytes")
     handle.flush()

@@ -7,10 +7,10 @@ import sys
 import pytest
 
 from conftest import ROOT, RUNTIME
-from dhrclip.detector import DHRCLIP
+from dhrclip.detector.facade import DHRCLIP
 from dhrclip.config import EvalConfig
 from dhrclip.errors import UserError
-from dhrclip.suite import COLUMNS, block_mean, format_suite, run_suite
+from dhrclip.engine.suite import COLUMNS, block_mean, format_suite, run_suite
 from layouts import BOX, image, mask
 
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from dhrclip.errors import UserError
-from dhrclip.tiling import TileGrid
+from dhrclip.core.tiling import TileGrid
 
 
 def column_offsets(grid):
@@ -56,14 +56,14 @@ def test_stitch_averages_overlaps_by_hand():
     (3360, 336, 9, (9, 1)),
 ])
 def test_choose_grid_by_hand(height, width, max_tiles, want):
-    from dhrclip.tiling import choose_grid
+    from dhrclip.core.tiling import choose_grid
 
     assert choose_grid(height, width, 336, max_tiles) == want
 
 
 def test_choose_grid_rule_against_enumeration():
     """The rule of the docstring, enumerated literally over a range of shapes."""
-    from dhrclip.tiling import choose_grid
+    from dhrclip.core.tiling import choose_grid
 
     for height in (50, 337, 700, 1024):
         for width in (60, 336, 900, 2448):
@@ -78,7 +78,7 @@ def test_choose_grid_rule_against_enumeration():
 
 
 def test_placement_and_global_view_size():
-    from dhrclip.tiling import global_view_size, place
+    from dhrclip.core.tiling import global_view_size, place
 
     wide = place(1024, 2448, 336, 9)
     assert (wide.rows, wide.cols) == (2, 4) and (wide.width, wide.left) == (1344, 0)

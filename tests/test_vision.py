@@ -1,9 +1,9 @@
 """V-V attention and the dual-path vision encoder against explicit, slow versions of docs/method.md §3."""
 import torch
 
-from dhrclip.attention import dual_attention, self_attention
-from dhrclip.synthetic import tiny_clip
-from dhrclip.vision import VisionEncoder
+from dhrclip.core.attention import dual_attention, self_attention
+from dhrclip.data.synthetic import tiny_clip
+from dhrclip.core.vision import VisionEncoder
 
 from spec_reference import loop_attention, slow_vision
 

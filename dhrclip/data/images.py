@@ -1,0 +1,164 @@
+"""Reading image files the way every path of the project does, with numpy and Pillow only (no
+torch, so the ONNX runtime in ``deploy`` can use it): any mode, EXIF orientation, 16-bit depths."""
+from __future__ import annotations
+
+import logging
+import os
+import struct
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ..errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def _open(path: Path, what: str) -> Image.Image:
+    """Open and fully decode an image, upright per its EXIF orientation."""
+    if not path.is_file():
+        raise UserError(f"{what} not found: {path}")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return ImageOps.exif_transpose(img)
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
+        raise UserError(f"{what} {path} is unreadable or truncated ({exc})") from exc
+
+
+def image_shape(path: Path) -> tuple[int, int]:
+    """(height, width) of an image file, upright per its EXIF orientation, from its header alone."""
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # rotated by 90 degrees one way or the other
+                width, height = height, width
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
+        raise UserError(f"image {path} is unreadable or truncated ({exc})") from exc
+    return height, width
+
+
+_INFERRED_BITS: set[int] = set()  # depths already reported, so each is logged once
+
+
+def png_significant_bits(path: Path) -> int | None:
+    """The significant bits a PNG declares in its sBIT chunk (e.g. 12 for Mono12 cameras), if any."""
+    try:
+        with open(path, "rb") as handle:
+            if handle.read(8) != b"\x89PNG\r\n\x1a\n":
+                return None
+            while True:
+                head = handle.read(8)
+                if len(head) < 8:
+                    return None
+                length, kind = struct.unpack(">I4s", head)
+                if kind == b"sBIT":
+                    return max(handle.read(length)[:3]) or None
+                if kind in (b"IDAT", b"IEND"):
+                    return None
+                handle.seek(length + 4, os.SEEK_CUR)
+    except (OSError, struct.error, ValueError):
+        return None
+
+
+def _high_bit_depth_to_uint8(img: Image.Image, bits: int | None = None) -> np.ndarray:
+    """Scale a 16-bit or 32-bit single-channel image to 8 bits by its real range.
+
+    Integer images use ``bits`` significant bits when known (given, or a PNG's
+    sBIT chunk) and the data fit them, else the observed maximum rounded up to
+    8, 10, 12, 14 or 16 bits: a 12-bit camera frame stored as 16-bit PNG is not
+    divided by 65,535. (Pillow reads 16-bit colour images as 8-bit RGB already.)
+    """
+    arr = np.asarray(img, dtype=np.float64)
+    peak = arr.max()
+    if img.mode == "F" and peak <= 1.0:
+        top = 1.0  # float images in [0, 1]
+    elif img.mode.startswith("I;16") or peak > 255:
+        if not bits or not 1 <= bits <= 16 or peak >= 2 ** bits:  # a declared depth the data contradicts
+            bits = next(b for b in (8, 10, 12, 14, 16) if peak < 2 ** b or b == 16)
+            if bits not in _INFERRED_BITS:
+                _INFERRED_BITS.add(bits)
+                log.info("a 16-bit image with maximum %d is read as %d-bit; set bit_depth if your camera's "
+                         "depth is known", int(peak), bits)
+        top = 2.0 ** bits - 1
+    else:
+        top = 255.0
+    return np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def load_rgb(path: Path, bit_depth: int | None = None) -> Image.Image:
+    """Any reasonable image file as 8-bit RGB: grayscale, palette, RGBA, 16-bit, CMYK, EXIF-rotated.
+
+    ``bit_depth``: significant bits of 16-bit images (default: the PNG's sBIT
+    chunk, else inferred from the image's maximum)."""
+    return to_rgb(_open(path, "image"), bit_depth or png_significant_bits(path))
+
+
+ImageSource = Union[str, Path, Image.Image, np.ndarray]
+
+
+def image_from_source(source: ImageSource, bit_depth: int | None = None) -> Image.Image:
+    """A path, a PIL image or an (H, W) / (H, W, 3|4) uint8 array as 8-bit RGB; files and
+    PIL images upright per their EXIF orientation."""
+    if isinstance(source, (str, Path)):
+        if Path(source).is_dir():
+            raise UserError(f"{source} is a folder: give image files (predict.py and prediction.collect_images "
+                            f"take folders)")
+        return load_rgb(Path(source), bit_depth)
+    if isinstance(source, Image.Image):
+        return to_rgb(ImageOps.exif_transpose(source), bit_depth)
+    if isinstance(source, np.ndarray):
+        if source.dtype != np.uint8 or not (source.ndim == 2 or (source.ndim == 3 and source.shape[2] in (3, 4))):
+            raise UserError(f"an image array must be uint8 of shape (H, W), (H, W, 3) or (H, W, 4); got "
+                            f"{source.dtype} {source.shape}")
+        return to_rgb(Image.fromarray(source))
+    raise UserError(f"cannot read an image from a {type(source).__name__}: give a path, a PIL image or a uint8 array")
+
+
+def to_rgb(img: Image.Image, bit_depth: int | None = None) -> Image.Image:
+    """An opened image in any mode as 8-bit RGB (alpha composited on black)."""
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        img = Image.fromarray(_high_bit_depth_to_uint8(img, bit_depth), mode="L")
+    elif img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA"):
+        background = Image.new("RGB", img.size, (0, 0, 0))
+        background.paste(img.convert("RGBA"), mask=img.convert("RGBA").getchannel("A"))
+        return background
+    return img.convert("RGB")
+
+
+def canvas_array(img: Image.Image, size: int | tuple[int, int]) -> np.ndarray:
+    """Bicubic resize to size × size (or (height, width)), as a uint8 (3, H, W) array: the canvas
+    of the PyTorch path and of the ONNX runtime alike."""
+    h, w = (size, size) if isinstance(size, int) else size
+    return np.asarray(img.resize((w, h), Image.Resampling.BICUBIC), dtype=np.uint8).transpose(2, 0, 1)
+
+
+def load_mask(paths: Path | Sequence[Path], threshold: float = 0) -> np.ndarray:
+    """A ground-truth mask as bool (H, W): a pixel is anomalous where its largest channel value
+    exceeds ``threshold`` in any of ``paths`` (several files are read as their union). The
+    threshold belongs to the index: 0 for lossless masks, about half the range for JPEG masks,
+    whose compression noise would otherwise count as defect."""
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    union: np.ndarray | None = None
+    for path in paths:
+        img = _open(Path(path), "mask")
+        if img.mode == "P":
+            img = img.convert("RGB")
+        elif img.mode == "1":  # bilevel: as 0/255, so that any threshold keeps what is marked
+            img = img.convert("L")
+        arr = np.asarray(img)
+        if arr.ndim == 3:
+            arr = arr[..., :3].max(axis=-1) if arr.shape[-1] != 2 else arr[..., 0]
+        mask = arr > threshold
+        if union is not None and union.shape != mask.shape:
+            raise UserError(f"mask {path} is {mask.shape[1]}x{mask.shape[0]}, but {paths[0]} of the same image is "
+                            f"{union.shape[1]}x{union.shape[0]}")
+        union = mask if union is None else union | mask
+    if union is None:
+        raise UserError("load_mask needs at least one mask file")
+    return union
