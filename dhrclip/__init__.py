@@ -13,31 +13,33 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
-    from .config import EvalConfig, ModelConfig, PredictConfig, TrainConfig
+    from .config import EvalConfig, ModelConfig, PredictConfig, RunOptions, TrainConfig
     from .detector.facade import DHRCLIP
-    from .errors import UserError
+    from .detector.results import Prediction
     from .engine.evaluation import evaluate
-    from .detector.inference import Prediction
     from .engine.prediction import predict
     from .engine.suite import run_suite
     from .engine.training import train
+    from .errors import UserError
 
 __version__ = "0.2.0"
 
 _EXPORTS = {
     "DHRCLIP": "detector.facade",
-    "Prediction": "detector.inference",
+    "Prediction": "detector.results",
     "ModelConfig": "config",
     "TrainConfig": "config",
     "EvalConfig": "config",
     "PredictConfig": "config",
+    "RunOptions": "config",
     "UserError": "errors",
     "train": "engine.training",
     "evaluate": "engine.evaluation",
     "predict": "engine.prediction",
     "run_suite": "engine.suite",
 }
-__all__ = [*_EXPORTS, "__version__"]
+__all__ = ["DHRCLIP", "EvalConfig", "ModelConfig", "PredictConfig", "Prediction", "RunOptions", "TrainConfig",
+           "UserError", "__version__", "evaluate", "predict", "run_suite", "train"]
 
 
 def __getattr__(name: str) -> Any:

@@ -10,6 +10,7 @@ import json
 import os
 import pickle
 import tempfile
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -17,6 +18,7 @@ from typing import IO, Any
 from .errors import UserError
 
 _FINGERPRINT_CHUNK = 1 << 20
+_ARCHIVE_SLACK = 1 << 20  # zip headers and small compressed records
 
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
@@ -47,21 +49,42 @@ def save_json(path: Path, data: dict) -> None:
     atomic_write(path, lambda f: f.write(json.dumps(data, indent=2).encode()))
 
 
-def read_json(path: Path, what: str) -> Any:
-    """Parse a JSON file, with a one-line error naming ``what`` it should have been."""
+def read_json(path: Path, what: str, field: str | None = None, max_bytes: int = 64 * 2**20) -> Any:
+    """Parse a JSON file, with a one-line error naming ``what`` it should have been: a missing
+    file, one too large to be what it claims, text that is not JSON, nesting too deep to parse,
+    and the non-standard NaN and Infinity literals are all refused (``field``: the setting that
+    named the file)."""
+    path = Path(path)
     try:
-        return json.loads(Path(path).read_text())
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise UserError(f"{what} {path} is {size / 2**20:.0f} MB, too large for a {what}", field=field)
+        return json.loads(path.read_bytes(), parse_constant=_refuse_constant)
     except FileNotFoundError as exc:
-        raise UserError(f"{what} {path} not found") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{what} {path} is not valid JSON ({exc})") from exc
+        raise UserError(f"{what} {path} not found", field=field) from exc
+    except IsADirectoryError as exc:
+        raise UserError(f"{what} {path} is a folder, not a file", field=field) from exc
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
+        raise UserError(f"{what} {path} is not valid JSON ({exc})", field=field) from exc
+    except RecursionError as exc:
+        raise UserError(f"{what} {path} is nested too deeply to be a {what}", field=field) from exc
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def safe_torch_load(path: Path, what: str) -> Any:
     """``torch.load`` with ``weights_only=True``: tensors and plain containers only, so a
-    crafted file is refused and cannot run code when it is opened."""
+    crafted file is refused and cannot run code when it is opened. A zip archive whose entries
+    declare more bytes than the file holds (a compressed bomb) is refused before it inflates."""
     import torch
 
+    _check_archive(Path(path), what)
+    with open(path, "rb") as handle:
+        head = handle.read(2)
+    if head[:1] != b"\x80" and head != b"PK":  # neither a pickle nor a zip archive: not torch.save's
+        raise UserError(f"cannot read {what} {path}: not a PyTorch file")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -69,6 +92,42 @@ def safe_torch_load(path: Path, what: str) -> Any:
                         f"and loading it could run code") from exc
     except Exception as exc:
         raise UserError(f"cannot read {what} {path}: corrupt or not a PyTorch file ({type(exc).__name__})") from exc
+
+
+def _check_archive(path: Path, what: str) -> None:
+    """PyTorch stores tensors uncompressed, so what a zip archive of them declares fits in the file."""
+    try:
+        if not zipfile.is_zipfile(path):
+            return
+        with zipfile.ZipFile(path) as archive:
+            declared = sum(info.file_size for info in archive.infolist())
+    except (OSError, zipfile.BadZipFile, ValueError) as exc:
+        raise UserError(f"cannot read {what} {path}: corrupt ({exc})") from exc
+    size = path.stat().st_size
+    if declared > size + _ARCHIVE_SLACK:
+        raise UserError(f"refused to load {what} {path}: it declares {declared / 1e6:.0f} MB of data in a file of "
+                        f"{size / 1e6:.1f} MB (a compressed archive, which PyTorch does not write)")
+
+
+_SAFE = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-+=,@ ()[]")
+
+
+def safe_component(name: str) -> str:
+    """``name`` as one file name that stays in its folder: path separators, control and other
+    unusual characters become ``_`` and a leading dot is dropped, so "../x" or "/etc" cannot
+    climb out. A name that had to change gets a short digest of the original, so that two names
+    which differ stay apart."""
+    cleaned = "".join(ch if ch in _SAFE else "_" for ch in name).lstrip(". ") or "_"
+    if cleaned == name:
+        return name
+    return f"{cleaned[:100]}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+
+
+def within(folder: Path, path: Path) -> Path:
+    """``path``, refused unless it lies inside ``folder`` (a last check on names made from data)."""
+    if not Path(path).resolve().is_relative_to(Path(folder).resolve()):
+        raise UserError(f"refused to write {path}: it lies outside the output folder {folder}")
+    return path
 
 
 def fingerprint(path: Path) -> str:

@@ -29,7 +29,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from dhrclip.config import ModelConfig, TrainConfig
+from dhrclip.config import ModelConfig, RunOptions, TrainConfig
 from dhrclip.data.indexing import mvtec_layout_index, write_meta
 from dhrclip.data.synthetic import paint_defect, save_openai_format, synthetic_image, tiny_clip, write_mvtec_dataset
 from dhrclip.engine.training import train
@@ -54,8 +54,9 @@ def trained_checkpoint(work: Path) -> Path:
     data = write_mvtec_dataset(work / "data", [PART, "stripes"], n_good=4, n_defect=9, n_train=1, size=(96, 96),
                                seed=1)
     write_meta(data, mvtec_layout_index(data))
-    train(TrainConfig(data_path=data, save_path=work / "checkpoint", epochs=EPOCHS, batch_size=4, num_workers=0,
-                      device="cpu"), ModelConfig(pretrained=str(weights), **TINY))
+    config = TrainConfig(data_path=data, save_path=work / "checkpoint", epochs=EPOCHS,
+                         run=RunOptions(batch_size=4, num_workers=0, device="cpu"))
+    train(config, ModelConfig(pretrained=str(weights), **TINY))
     return work / "checkpoint"
 
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from _bench_model import add_model_arguments, build_model
-from dhrclip.deploy.runtime import OnnxDetector
+
 from dhrclip.deploy.export import export_onnx
+from dhrclip.deploy.runtime import OnnxDetector
 
 
 def main() -> None:

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _bench_model import add_model_arguments, build_model
 from PIL import Image
 
-from _bench_model import add_model_arguments, build_model
-from dhrclip.detector.inference import iter_predictions
+from dhrclip.config import RunOptions
 from dhrclip.data.synthetic import synthetic_image
+from dhrclip.detector.inference import iter_predictions
 
 
 def main() -> None:
@@ -42,11 +43,13 @@ def main() -> None:
             began = time.perf_counter()
             detector = model.with_reference(goods[:k], grid="fixed", batch_size=args.batch_size) if k else model
             build_s = time.perf_counter() - began
-            list(iter_predictions(detector.model, tests[:args.batch_size], args.batch_size, grid="fixed"))  # warm-up
+            run = RunOptions(batch_size=args.batch_size, num_workers=0)
+            grid = detector.grid_for(run)
+            list(iter_predictions(detector.model, tests[:args.batch_size], grid, run))  # warm-up
             if detector.device.type == "cuda":
                 torch.cuda.synchronize()
             began = time.perf_counter()
-            list(iter_predictions(detector.model, tests, args.batch_size, grid="fixed"))
+            list(iter_predictions(detector.model, tests, grid, run))
             seconds = time.perf_counter() - began
             bank = detector.reference
             tokens = len(bank.global_owner) + len(bank.tile_owner) if bank is not None else 0

@@ -9,15 +9,17 @@ import argparse
 import json
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
+from _bench_model import add_model_arguments, build_model
 from PIL import Image
 
-from _bench_model import add_model_arguments, build_model
-from dhrclip.detector.inference import iter_predictions
+from dhrclip.config import RunOptions
 from dhrclip.data.synthetic import synthetic_image
+from dhrclip.detector.inference import iter_predictions
 
 SHAPES = [(256, 768), (768, 256), (384, 512), (448, 448)]  # (height, width)
 
@@ -41,14 +43,15 @@ def main() -> None:
                 files.append(path)
         model = build_model(args, work)
         for grid in ("fixed", "auto"):
-            list(iter_predictions(model.model, files[:args.batch_size], args.batch_size, 0, grid=grid,
-                                  max_tiles=args.max_tiles))  # warm-up
+            run = RunOptions(grid=grid, max_tiles=args.max_tiles, batch_size=args.batch_size,
+                             num_workers=args.num_workers)
+            tiling = model.grid_for(run)
+            list(iter_predictions(model.model, files[:args.batch_size], tiling, replace(run, num_workers=0)))  # warm-up
             if model.device.type == "cuda":
                 torch.cuda.synchronize()
             began = time.perf_counter()
             tiles = 0
-            for _, result in iter_predictions(model.model, files, args.batch_size, args.num_workers, grid=grid,
-                                              max_tiles=args.max_tiles):
+            for _, result in iter_predictions(model.model, files, tiling, run):
                 tiles += result.grid[0] * result.grid[1]
             seconds = time.perf_counter() - began
             print(json.dumps({"grid": grid, "device": str(model.device), "images": len(files), "tiles": tiles,

@@ -16,10 +16,9 @@ import time
 
 import cv2
 import numpy as np
+import torch
 from skimage import measure
 from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_auc_score
-
-import torch
 
 from dhrclip.metrics import ImageAccumulator, PixelAccumulator, image_metrics, pixel_metrics, region_sizes
 

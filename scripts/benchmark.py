@@ -19,13 +19,17 @@ import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
 from dhrclip import DHRCLIP, TrainConfig, train
-from dhrclip.cli import add_model_arguments, model_overrides
-from dhrclip.config import resolve_model_config
-from dhrclip.data.canvases import CanvasDataset, load_rgb, read_meta, to_canvas
-from dhrclip.data.indexing import mvtec_layout_index, write_meta
-from dhrclip.detector.inference import iter_batches
+from dhrclip.cli.common import add_model_flags, model_overrides
+from dhrclip.cli.flags import add_settings
+from dhrclip.config import RunOptions, resolve_model_config
 from dhrclip.core.maps import TEMPERATURE, token_probabilities
+from dhrclip.core.tiling import crop
+from dhrclip.data.canvases import CanvasDataset, Masks, to_canvas
+from dhrclip.data.images import load_rgb
+from dhrclip.data.indexing import mvtec_layout_index, write_meta
+from dhrclip.data.meta import read_meta
 from dhrclip.data.synthetic import write_mvtec_dataset
+from dhrclip.detector.inference import iter_batches
 
 
 def synchronize(device: torch.device) -> None:
@@ -39,12 +43,12 @@ def naive_predict(model, items, sigma: float, device: torch.device) -> None:
     maps stitched, smoothed and normalised on the host with NumPy/SciPy."""
     model.eval()
     text = model.text_features()
-    cfg, tiles = model.config, model.tiles
+    cfg, tiles = model.config, model.fixed_grid.tiles
     t = cfg.target_image_size
     for item in items:
         images = model.normalize(to_canvas(load_rgb(item.image), t)[None].to(device))
         views = [F.interpolate(images, size=(cfg.image_size,) * 2, mode="bicubic", antialias=True)]
-        views += list(tiles.crop(images).split(1))
+        views += list(crop(images, tiles).split(1))
         outs = [model.vision(view) for view in views]
         amap = np.zeros((t, t))
         for layer in range(len(cfg.features_list)):
@@ -69,9 +73,10 @@ def naive_predict(model, items, sigma: float, device: torch.device) -> None:
 
 def run_all(model: DHRCLIP, items: list, batch_size: int, num_workers: int) -> None:
     """test.py's inference over ``items``: batches through the one inference path, maps copied to the host."""
-    dataset = CanvasDataset(items, model.config.target_image_size, with_masks=True)
-    for batch in iter_batches(model.model, dataset, batch_size, num_workers, map_norm="per-image", desc="benchmark"):
-        batch.maps.half().cpu()
+    run = RunOptions(batch_size=batch_size, num_workers=num_workers)
+    dataset = CanvasDataset(items, model.grid_for(run), run, masks=Masks.ON_CANVAS)
+    for batch in iter_batches(model.model, dataset, map_norm="per-image", desc="benchmark"):
+        torch.stack(batch.maps).half().cpu()
 
 
 def main() -> None:
@@ -81,7 +86,8 @@ def main() -> None:
     parser.add_argument("--naive_images", type=int, default=16, help="images timed in naive mode")
     parser.add_argument("--train_epochs", type=int, default=2, help="first epoch + cached epochs to time")
     parser.add_argument("--work_dir", type=Path, default=None, help="where the synthetic data go (default: a temp dir)")
-    add_model_arguments(parser, from_checkpoint=False)
+    add_settings(parser, RunOptions)
+    add_model_flags(parser, from_checkpoint=False)
     args = parser.parse_args()
     config = resolve_model_config(model_overrides(args)).config
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="dhrclip_bench_"))
@@ -111,8 +117,9 @@ def main() -> None:
     naive_rate = len(naive_items) / (time.perf_counter() - started)
 
     history = train(TrainConfig(data_path=root, save_path=work / "checkpoint", epochs=args.train_epochs,
-                                save_freq=args.train_epochs, batch_size=args.batch_size,
-                                num_workers=args.num_workers, seed=args.seed), model)
+                                save_freq=args.train_epochs,
+                                run=RunOptions(batch_size=args.batch_size, num_workers=args.num_workers,
+                                               seed=args.seed)), model)
     first = history[0]["images"] / history[0]["seconds"]
     cached = [h["images"] / h["seconds"] for h in history[1:]]
     print(json.dumps({

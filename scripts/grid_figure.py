@@ -12,9 +12,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from dhrclip.core.grid import place
 from dhrclip.data.images import load_rgb
 from dhrclip.data.synthetic import paint_defect, synthetic_image
-from dhrclip.core.tiling import TileGrid, place
 from dhrclip.engine.figures import save_rgb
 
 COLOURS = [(255, 200, 0), (0, 200, 255), (255, 80, 200), (120, 255, 120)]
@@ -24,7 +24,7 @@ def draw(image: np.ndarray, tile: int, max_tiles: int) -> np.ndarray:
     """The image with its tiles' outlines, scaled to at most 1200 pixels wide, and a caption."""
     height, width = image.shape[:2]
     placed = place(height, width, tile, max_tiles)
-    grid = TileGrid(placed.rows * tile, placed.cols * tile, tile, placed.rows, placed.cols)
+    grid = placed.tiles
     scale = placed.width / width  # canvas pixels per image pixel
     shown = min(1.0, 1200 / width)
     out = cv2.resize(image, (round(width * shown), round(height * shown)), interpolation=cv2.INTER_AREA)

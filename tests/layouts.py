@@ -32,3 +32,19 @@ def painted() -> np.ndarray:
     m = np.zeros((H, W), bool)
     m[BOX] = True
     return m
+
+
+def replicas(root):
+    """Three datasets as they are downloaded: industrial (KolektorSDD2), medical with image
+    labels only (HeadCT), medical with every image anomalous (Kvasir-SEG, JPEG masks)."""
+    for split, normal, defective in (("train", 2, 1), ("test", 3, 3)):
+        for i in range(normal + defective):
+            image(root / "ksdd2" / split / f"{i}.png")
+            mask(root / "ksdd2" / split / f"{i}_GT.png", BOX if i >= normal else None)
+    for i in range(6):
+        image(root / "headct" / "head_ct" / "head_ct" / f"{i:03d}.png")
+    (root / "headct" / "labels.csv").write_text("id, hemorrhage\n" + "".join(f"{i},{int(i < 3)}\n" for i in range(6)))
+    for i in range(4):
+        image(root / "kvasir" / "Kvasir-SEG" / "images" / f"c{i}.jpg")
+        mask(root / "kvasir" / "Kvasir-SEG" / "masks" / f"c{i}.jpg")
+    return root

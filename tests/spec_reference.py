@@ -99,7 +99,10 @@ def _to_tensor(img: Image.Image) -> torch.Tensor:
 def slow_image(clip, text, path, S, P, T, layers, dpam, sigma=8.0, alpha=0.75):
     """Anomaly map (T, T) and image score of one image (docs/method.md §2, §5, §6)."""
     canvas = Image.open(path).convert("RGB").resize((T, T), Image.BICUBIC)
-    views = [(_to_tensor(canvas.resize((S, S), Image.BICUBIC)), None)]
+    # the global view: the normalised canvas resized to S×S, bicubic with antialiasing (as a GPU resizes
+    # floats; PIL's resize of the uint8 canvas would round every pixel to 8 bits first)
+    glob = F.interpolate(_to_tensor(canvas)[None], size=(S, S), mode="bicubic", antialias=True, align_corners=False)
+    views = [(glob[0], None)]
     offsets = [0, T - P]
     for y in offsets:
         for x in offsets:

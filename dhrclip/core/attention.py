@@ -8,6 +8,8 @@ same code runs whatever ``batch_first`` open_clip chose.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -54,7 +56,7 @@ def dual_attention(attn: nn.MultiheadAttention, x: torch.Tensor) -> tuple[torch.
     return both.chunk(2, dim=0)
 
 
-def block_forward(block: nn.Module, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+def block_forward(block: Any, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
     """One open_clip ``ResidualAttentionBlock`` on (B, N, D) tokens."""
     x = x + block.ls_1(self_attention(block.attn, block.ln_1(x), attn_mask))
     return x + block.ls_2(block.mlp(block.ln_2(x)))

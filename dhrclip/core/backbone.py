@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import open_clip
@@ -134,6 +135,7 @@ def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], bool]:
     if not path.is_file():
         raise UserError(f"weights file not found: {path} (give pretrained as an existing file, "
                         f"e.g. OpenAI's ViT-L-14-336px.pt)", field="pretrained")
+    state: Any
     jit = path.suffix != ".safetensors" and is_torchscript_archive(path)
     if jit:
         state = read_torchscript_tensors(path)

@@ -11,18 +11,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 
-from ..config import ModelConfig
-from ..errors import UserError
+from ..config import DEFAULT_MAX_TILES, FIXED_GRID, ModelConfig
+from ..files import atomic_write
+from .grid import TileGrid
 from .maps import combine_views
-from .tiling import Placement, TileGrid
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +39,7 @@ class ReferenceBank:
     global_owner: torch.Tensor          # (Ng,) reference image of each global token
     tile_owner: torch.Tensor            # (Nt,)
     config: ModelConfig                 # the settings the tokens were computed with
-    grid: str = "fixed"                 # and the grid mode
-    max_tiles: int = 9
+    grid: dict = field(default_factory=lambda: {"mode": FIXED_GRID})  # and the grid's record
     sources: list[str] = field(default_factory=list)  # the reference images, in owner order
 
     @property
@@ -49,13 +48,14 @@ class ReferenceBank:
 
     def digest(self) -> str:
         """A short identity of the bank's images and settings, for threshold files."""
-        text = json.dumps([self.sources, self.config.to_dict(), self.grid, self.max_tiles])
+        text = json.dumps([self.sources, self.config.to_dict(), self.grid["mode"],
+                           self.grid.get("max_tiles", DEFAULT_MAX_TILES)])
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def to(self, device: torch.device) -> ReferenceBank:
         moved = [[t.to(device) for t in tokens] for tokens in (self.global_tokens, self.tile_tokens)]
         return ReferenceBank(moved[0], moved[1], self.global_owner.to(device), self.tile_owner.to(device),
-                             self.config, self.grid, self.max_tiles, list(self.sources))
+                             self.config, dict(self.grid), list(self.sources))
 
     def distance_maps(self, global_tokens: list[torch.Tensor], tile_tokens: list[torch.Tensor],
                       global_grid: tuple[int, int], tile_grid: tuple[int, int], tiles: TileGrid,
@@ -86,48 +86,16 @@ class ReferenceBank:
                                          tiles, global_size, alpha)[:, 0])
         return torch.stack(layers).mean(dim=0)
 
-    def save(self, path: Path) -> None:
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the bank as safetensors, atomically: a kill leaves the old file or the new one.
+        ``detector.bank.read_bank`` reads it back."""
         tensors = {"global_owner": self.global_owner.cpu(), "tile_owner": self.tile_owner.cpu()}
         for layer, (g, t) in enumerate(zip(self.global_tokens, self.tile_tokens)):
             tensors[f"global.{layer}"], tensors[f"tile.{layer}"] = g.cpu().contiguous(), t.cpu().contiguous()
-        meta = {"format": str(BANK_FORMAT), "config": json.dumps(self.config.to_dict()), "grid": self.grid,
-                "max_tiles": str(self.max_tiles), "sources": json.dumps(self.sources)}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(path), metadata=meta)
-
-    @classmethod
-    def load(cls, path: Path) -> ReferenceBank:
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                meta = handle.metadata() or {}
-                tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
-        except Exception as exc:  # safetensors raises its own error types for damaged files
-            raise UserError(f"reference {path} is not a reference bank ({exc})", field="reference") from exc
-        if meta.get("format") != str(BANK_FORMAT) or "config" not in meta:
-            raise UserError(f"reference {path} is a safetensors file but not a reference bank written by "
-                            f"save_reference", field="reference")
-        layers = sum(1 for key in tensors if key.startswith("global."))
-        return cls([tensors[f"global.{i}"] for i in range(layers)], [tensors[f"tile.{i}"] for i in range(layers)],
-                   tensors["global_owner"], tensors["tile_owner"],
-                   ModelConfig.from_dict(json.loads(meta["config"]), where=str(path)), meta.get("grid", "fixed"),
-                   int(meta.get("max_tiles", 9)), json.loads(meta.get("sources", "[]")))
-
-    def check(self, config: ModelConfig, grid: str, max_tiles: int, where: str) -> None:
-        """Refuse a bank built with other vision settings or another grid: its tokens would not be
-        comparable with this model's (the prompts do not matter)."""
-        name = None if self.config.same_weights(config) else "pretrained"
-        unused = ("pretrained", "weights_fingerprint", "depth", "n_ctx", "t_n_ctx", "sigma", "alpha")
-        if grid == "auto":  # the canvas and its fixed tiling play no part
-            unused += ("target_image_size", "tiles_per_side")
-        name = name or config.first_difference(self.config, ignore=unused)
-        if name is not None:
-            raise UserError(f"reference {where} was built with {name}={getattr(self.config, name)}, and this model "
-                            f"uses {getattr(config, name)}; rebuild it from the images", field=name)
-        if (grid, max_tiles if grid == "auto" else None) != (self.grid, self.max_tiles if self.grid == "auto"
-                                                             else None):
-            raise UserError(f"reference {where} was built with grid {self.grid} (max_tiles {self.max_tiles}), and "
-                            f"this run uses grid {grid} (max_tiles {max_tiles}); rebuild it or use that grid",
-                            field="grid")
+        meta = {"format": str(BANK_FORMAT), "config": json.dumps(self.config.to_dict()), "grid": self.grid["mode"],
+                "max_tiles": str(self.grid.get("max_tiles", DEFAULT_MAX_TILES)), "sources": json.dumps(self.sources)}
+        data = save(tensors, metadata=meta)
+        atomic_write(Path(path), lambda f: f.write(data))
 
 
 def _exporting() -> bool:
@@ -156,19 +124,3 @@ def nearest_similarity(queries: torch.Tensor, bank: torch.Tensor, owner: torch.T
                 sims.masked_fill_(exclude[q:q + CHUNK, None] == owner[None, start:start + CHUNK], -torch.inf)
             best[q:q + CHUNK] = torch.maximum(best[q:q + CHUNK], sims.max(dim=1).values)
     return best
-
-
-def patch_inside(placement: Placement, tiles: TileGrid, view: tuple[int, int] | None, grid: tuple[int, int],
-                 origin: tuple[int, int] = (0, 0)) -> torch.Tensor:
-    """Which patch tokens of a view have their centre inside the image's box on the canvas: for
-    the global view (``view`` its size, covering the canvas) or a tile at ``origin``."""
-    rows, cols = grid
-    if view is None:  # a tile: patches of tile/grid canvas pixels from its origin
-        step_y, step_x = tiles.tile / rows, tiles.tile / cols
-    else:
-        step_y, step_x = tiles.height / rows, tiles.width / cols
-    y = origin[0] + (torch.arange(rows) + 0.5) * step_y
-    x = origin[1] + (torch.arange(cols) + 0.5) * step_x
-    inside_y = (y >= placement.top) & (y < placement.top + placement.height)
-    inside_x = (x >= placement.left) & (x < placement.left + placement.width)
-    return (inside_y[:, None] & inside_x[None, :]).flatten()

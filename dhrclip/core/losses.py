@@ -1,6 +1,8 @@
 """Segmentation losses of docs/method.md §7 (as in AnomalyCLIP)."""
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 
@@ -36,7 +38,8 @@ def segmentation_loss(layer_maps: list[torch.Tensor], masks: torch.Tensor) -> to
     layer_maps: (B, 2, T, T) each, channel 0 normal, 1 anomalous; masks: (B, T, T) in {0, 1}.
     """
     gt = masks.float()
-    return sum(focal_loss(m, gt) + dice_loss(m[:, 1], gt) + dice_loss(m[:, 0], 1 - gt) for m in layer_maps)
+    total = sum(focal_loss(m, gt) + dice_loss(m[:, 1], gt) + dice_loss(m[:, 0], 1 - gt) for m in layer_maps)
+    return cast(torch.Tensor, total)
 
 
 def image_loss(global_embedding: torch.Tensor, text: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .tiling import TileGrid
+from .grid import TileGrid
+from .tiling import stitch
 
 TEMPERATURE = 0.07
 
@@ -29,7 +30,7 @@ def combine_views(global_probs: torch.Tensor, tile_probs: torch.Tensor, tiles: T
     global_map = F.interpolate(global_probs, size=size, mode="bilinear", align_corners=False)
     global_map = F.interpolate(global_map, size=tiles.size, mode="bilinear", align_corners=False)
     tile_maps = F.interpolate(tile_probs, size=(tiles.tile, tiles.tile), mode="bilinear", align_corners=False)
-    return alpha * global_map + (1 - alpha) * tiles.stitch(tile_maps)
+    return alpha * global_map + (1 - alpha) * stitch(tile_maps, tiles)
 
 
 def anomaly_score_map(layer_maps: list[torch.Tensor]) -> torch.Tensor:

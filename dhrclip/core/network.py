@@ -1,6 +1,7 @@
 """The DHR-CLIP network: a frozen CLIP, learned prompts, and the multi-view anomaly maps."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -10,11 +11,12 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..errors import UserError
-from .fewshot import ReferenceBank, patch_inside
+from .fewshot import ReferenceBank
+from .grid import FixedGrid, Placement, TileGrid, global_view_size
 from .maps import anomaly_score_map, combine_views, gaussian_blur, image_logits, image_scores, token_probabilities
 from .prompts import PromptLearner, TextEncoder
 from .runtime import autocast
-from .tiling import Placement, TileGrid, global_view_size
+from .tiling import crop, pixels_inside, shared_tiles, tokens_inside
 from .vision import VisionEncoder
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -35,25 +37,33 @@ class ViewFeatures:
     global_size: tuple[int, int]        # (height, width) of the global view
 
 
-def few_shot_scores(scores: torch.Tensor, few_peaks: torch.Tensor) -> torch.Tensor:
-    """Image scores with a reference bank: the mean of the zero-shot score and the maximum of the
-    smoothed few-shot map (docs/method.md §11)."""
-    return (scores + few_peaks) / 2
+def with_few_shot(maps: torch.Tensor, scores: torch.Tensor, few: torch.Tensor | None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Smoothed (B, h, w) zero-shot maps and (B,) scores, with a reference bank's smoothed few-shot
+    maps added: the maps sum, and the score is the mean of the zero-shot score and the few-shot
+    map's maximum (docs/method.md §11)."""
+    if few is None:
+        return maps, scores
+    return maps + few, (scores + few.flatten(1).max(dim=1).values) / 2
 
 
-class DHRCLIPModel(nn.Module):
+class DHRCLIPNetwork(nn.Module):
     """Frozen CLIP backbone plus the trainable ``PromptLearner``.
 
     ``precision`` is the autocast dtype of the frozen vision tower only; the text
     tower, the prompts, the maps and the loss always run in fp32 (docs/method.md §4).
     """
 
+    mean: torch.Tensor  # CLIP's normalisation, buffers
+    std: torch.Tensor
+
     def __init__(self, clip: CLIP, config: ModelConfig, precision: torch.dtype = torch.float32) -> None:
         super().__init__()
         self.config = config
         self.precision = precision
         self.clip = clip.eval().requires_grad_(False)
-        self.tiles = TileGrid.square(config.target_image_size, config.patch_image_size, config.tiles_per_side)
+        # the grid of a canvas given without placements; made here, so a geometry with gaps is refused at once
+        self.fixed_grid = FixedGrid(config.target_image_size, config.patch_image_size, config.tiles_per_side)
         self.vision = VisionEncoder(clip.visual, config.features_list, config.dpam)
         for name in ("image_size", "patch_image_size"):
             if getattr(config, name) < self.vision.patch_size:
@@ -67,10 +77,15 @@ class DHRCLIPModel(nn.Module):
         self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
 
     @property
+    def token_width(self) -> int:
+        """The width of the patch tokens the maps compare (the backbone's embedding)."""
+        return int(self.clip.visual.proj.shape[1])
+
+    @property
     def device(self) -> torch.device:
         return self.prompt_learner.ctx_pos.device
 
-    def train(self, mode: bool = True) -> DHRCLIPModel:
+    def train(self, mode: bool = True) -> DHRCLIPNetwork:
         """Only the prompts ever train; the backbone stays in eval mode."""
         super().train(mode)
         self.clip.eval()
@@ -80,35 +95,26 @@ class DHRCLIPModel(nn.Module):
         """uint8 (B, 3, T, T) canvas -> CLIP-normalised float."""
         return (canvas.float() / 255.0 - self.mean) / self.std
 
-    def grid(self, rows: int, cols: int) -> TileGrid:
-        """The rows × cols grid of P-pixel tiles on a rows·P × cols·P canvas (``grid="auto"``)."""
-        p = self.config.patch_image_size
-        return TileGrid(rows * p, cols * p, p, rows, cols)
-
     @torch.no_grad()
-    def encode_views(self, canvas: torch.Tensor, tiles: TileGrid | None = None,
-                     placements: list[Placement] | None = None) -> ViewFeatures:
-        """Encode the global view and all tiles of a batch of canvases.
+    def encode_views(self, canvas: torch.Tensor, placements: Sequence[Placement] | None = None) -> ViewFeatures:
+        """Encode the global view and all tiles of a batch of canvases of one tile grid.
 
-        ``tiles``: the batch's grid (default: the fixed T×T one). With
-        ``placements`` (one per image) the canvas outside each image's box is
-        padding: zero after normalisation, the CLIP mean colour. All tiles of the
-        batch go through one forward and all global views through another; when
-        they have one size they share a single forward. The vision tower runs
+        ``placements`` as in ``forward``. The canvas outside each image's box is padding: zero
+        after normalisation, the CLIP mean colour. All tiles of the batch go through one forward
+        and all global views through another; when they have one size they share a single
+        forward. The vision tower runs
         under autocast at ``self.precision``.
         """
-        tiles = tiles or self.tiles
+        placements = placements or [self.fixed_grid.place()]
+        tiles = shared_tiles(placements)
         if tuple(canvas.shape[-2:]) != tiles.size:
             raise ValueError(f"canvas {tuple(canvas.shape[-2:])} does not match its grid {tiles.size}")
         images = self.normalize(canvas)
-        if placements is not None:
-            inside = torch.zeros_like(images[:, :1], dtype=torch.bool)
-            for i, placed in enumerate(placements):
-                inside[i, :, placed.box[0], placed.box[1]] = True
-            images = images * inside
+        if not all(p.fills_canvas for p in placements):
+            images = images * pixels_inside(placements, images.device)
         size = global_view_size(*tiles.size, self.config.image_size, self.vision.patch_size)
         global_views = F.interpolate(images, size=size, mode="bicubic", antialias=True, align_corners=False)
-        crops = tiles.crop(images)
+        crops = crop(images, tiles)
         b = images.shape[0]
         with autocast(canvas.device, self.precision):
             if global_views.shape[-2:] == crops.shape[-2:]:
@@ -153,60 +159,50 @@ class DHRCLIPModel(nn.Module):
         """(B, 2) image-level logits (docs/method.md §6), before the temperature."""
         return image_logits(feats.global_embedding, feats.tile_embedding, text, feats.tiles, self.config.alpha)
 
-    def few_shot_maps(self, feats: ViewFeatures, exclude: torch.Tensor | None = None,
-                      placements: list[Placement] | None = None) -> torch.Tensor:
-        """(B, H, W) distance of the batch's tokens to the reference bank (docs/method.md §11); with
-        ``placements``, tokens of the padding count as distance 0, like the padding in the bank."""
+    def few_shot_maps(self, feats: ViewFeatures, placements: Sequence[Placement] | None = None,
+                      exclude: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, H, W) distance of the batch's tokens to the reference bank (docs/method.md §11); tokens
+        of the padding count as distance 0, like the padding in the bank. ``placements`` as in
+        ``forward``."""
         inside = None
-        if placements is not None:
-            inside = (torch.stack([patch_inside(p, feats.tiles, feats.global_size, feats.global_grid)
-                                   for p in placements]),
-                      torch.stack([patch_inside(p, feats.tiles, None, feats.tile_grid, origin)
-                                   for p in placements for origin in feats.tiles.boxes]))
+        if placements is not None and not all(p.fills_canvas for p in placements):
+            inside = tokens_inside(placements, feats.global_size, feats.global_grid, feats.tile_grid)
+        if self.reference is None:
+            raise ValueError("few_shot_maps needs a reference bank")
         return self.reference.distance_maps(feats.global_tokens, feats.tile_tokens, feats.global_grid,
                                             feats.tile_grid, feats.tiles, feats.global_size, self.config.alpha,
                                             exclude, inside)
 
-    def _maps_and_scores(self, feats: ViewFeatures, text: torch.Tensor, exclude: torch.Tensor | None,
-                         placements: list[Placement]) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Smoothed maps cropped to each placement's box, and image scores: the zero-shot ones, plus
-        the few-shot map when a reference bank is set (as in ``forward``)."""
-        boxes = [p.box for p in placements]
-        parts = [self.anomaly_maps(feats, text).float()]
-        if self.reference is not None:
-            parts.append(self.few_shot_maps(feats, exclude, placements).float())
-        smoothed = [[gaussian_blur(part[i:i + 1, box[0], box[1]], self.config.sigma)[0] for i, box in
-                     enumerate(boxes)] for part in parts]
-        scores = image_scores(self.image_logits(feats, text))
-        if self.reference is None:
-            return smoothed[0], scores
-        return [z + f for z, f in zip(*smoothed)], few_shot_scores(scores, torch.stack([m.max() for m in smoothed[1]]))
-
     @torch.no_grad()
-    def forward(self, canvas: torch.Tensor, text: torch.Tensor | None = None,
-                exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """uint8 (B, 3, T, T) canvases -> smoothed (B, T, T) float32 anomaly maps and (B,) image scores.
+    def forward(self, canvas: torch.Tensor, placements: Sequence[Placement] | None = None,
+                text: torch.Tensor | None = None, exclude: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor | list[torch.Tensor], torch.Tensor]:
+        """uint8 (B, 3, H, W) canvases of one tile grid -> one smoothed float32 anomaly map per image
+        and (B,) image scores.
 
-        ``text`` is ``text_features()``; pass it when calling batch after batch,
-        since the prompts do not change between batches at inference. With a
-        ``reference`` bank set, the few-shot map is added (``exclude``: per image,
-        a reference image not to match it with, -1 for none).
+        ``placements``: where each image sits on its canvas (None: every image fills the fixed
+        T×T canvas, whatever the batch size, as the ONNX export traces it). Each map is cropped to
+        its image's box before smoothing, so padding never reaches it; maps come as a (B, H, W)
+        tensor when every image fills its canvas, else as a list. ``text`` is
+        ``text_features()``; pass it when calling batch after batch, since the prompts do not
+        change between batches at inference. With a ``reference`` bank set, the few-shot map is
+        added (``exclude``: per image, a reference image not to match it with, -1 for none).
         """
+        placements = placements or [self.fixed_grid.place()]  # one placement shared by the whole batch
         text = self.text_features() if text is None else text
-        feats = self.encode_views(canvas)
-        maps = gaussian_blur(self.anomaly_maps(feats, text).float(), self.config.sigma)
+        feats = self.encode_views(canvas, placements)
+        zero = self.anomaly_maps(feats, text).float()
+        few = self.few_shot_maps(feats, placements, exclude).float() if self.reference is not None else None
         scores = image_scores(self.image_logits(feats, text))
-        if self.reference is None:
-            return maps, scores
-        few = gaussian_blur(self.few_shot_maps(feats, exclude).float(), self.config.sigma)
-        return maps + few, few_shot_scores(scores, few.flatten(1).max(dim=1).values)
-
-    @torch.no_grad()
-    def forward_placed(self, canvas: torch.Tensor, tiles: TileGrid, placements: list[Placement],
-                       text: torch.Tensor | None = None, exclude: torch.Tensor | None = None
-                       ) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """``grid="auto"``: images placed on rows·P × cols·P canvases -> one smoothed float32 map per
-        image, cropped to its box before smoothing (so padding never reaches it), and (B,) scores."""
-        text = self.text_features() if text is None else text
-        feats = self.encode_views(canvas, tiles, placements)
-        return self._maps_and_scores(feats, text, exclude, placements)
+        sigma = self.config.sigma
+        if all(p.fills_canvas for p in placements):  # one batch, smoothed together
+            return with_few_shot(gaussian_blur(zero, sigma), scores,
+                                 None if few is None else gaussian_blur(few, sigma))
+        maps, image = [], []
+        for i, placed in enumerate(placements):  # each image's box, smoothed on its own
+            box = (slice(i, i + 1), *placed.box)
+            one, score = with_few_shot(gaussian_blur(zero[box], sigma), scores[i:i + 1],
+                                       None if few is None else gaussian_blur(few[box], sigma))
+            maps.append(one[0])
+            image.append(score)
+        return maps, torch.cat(image)

@@ -1,6 +1,8 @@
 """Object-agnostic deep text prompts (docs/method.md §4)."""
 from __future__ import annotations
 
+from typing import Any
+
 import open_clip
 import torch
 import torch.nn.functional as F
@@ -48,9 +50,11 @@ class PromptLearner(nn.Module):
 class TextEncoder(nn.Module):
     """Frozen CLIP text transformer driven by a ``PromptLearner``."""
 
-    def __init__(self, clip: nn.Module, prompts: PromptLearner) -> None:
+    tokens: torch.Tensor  # the two prompts' token ids, a buffer
+
+    def __init__(self, clip: Any, prompts: PromptLearner) -> None:
         super().__init__()
-        self.clip = clip
+        self.clip: Any = clip  # open_clip's CLIP
         self.prompts = prompts
         layers = len(clip.transformer.resblocks)
         if prompts.depth > layers:

@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import block_forward, dual_attention
 from ..errors import UserError
+from .attention import block_forward, dual_attention
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +41,12 @@ class VisionEncoder(nn.Module):
     layer, docs/method.md §9).
     """
 
-    def __init__(self, visual: nn.Module, features_list: list[int], dpam: int) -> None:
+    def __init__(self, visual: Any, features_list: Sequence[int], dpam: int) -> None:
         super().__init__()
         for name in ("conv1", "class_embedding", "positional_embedding", "ln_pre", "transformer", "ln_post", "proj"):
             if getattr(visual, name, None) is None:
                 raise UserError(f"the backbone's vision tower is not a CLIP ViT (it has no '{name}')")
-        self.visual = visual
+        self.visual: Any = visual  # open_clip's VisionTransformer
         self.layers = len(visual.transformer.resblocks)
         bad = [layer for layer in features_list if not 1 <= layer <= self.layers]
         if bad:

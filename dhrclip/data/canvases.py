@@ -1,25 +1,34 @@
-"""Reading images, masks and meta.json indexes (docs/method.md §8) into canvases for the model."""
+"""Images as the canvases of their grid, decoded in DataLoader workers and batched by canvas shape.
+
+One dataset serves every path: meta.json items with their ground truth (training, testing) and
+plain image sources (prediction, few-shot references). Each sample carries its canvas and its
+``Placement``; everything after runs batched on the device.
+"""
 from __future__ import annotations
 
-import json
-import logging
 import os
-from dataclasses import astuple, dataclass
+from collections.abc import Iterator, Sequence
+from enum import Enum
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
+from ..config.run import RunOptions
+from ..core.grid import Grid, Placement
 from ..errors import UserError
-from .images import ImageSource, canvas_array, image_from_source, load_mask, load_rgb
-from ..metrics import region_sizes
-from ..core.tiling import Placement, place
+from ..metrics.pixel import region_sizes
+from .images import ImageSource, canvas_array, image_from_source, load_mask
+from .meta import Item
 
-log = logging.getLogger(__name__)
 
-ITEM_KEYS = ("img_path", "mask_path", "cls_name", "specie_name", "anomaly")
+class Masks(Enum):
+    """Which ground-truth masks a dataset of items yields, and at which size."""
+
+    ON_CANVAS = "canvas"  # placed on the canvas like the image (training)
+    SCORED = "scored"     # at the grid's scored size, with their defect regions (testing)
 
 
 def to_canvas(img: Image.Image, size: int | tuple[int, int]) -> torch.Tensor:
@@ -36,35 +45,27 @@ def resize_mask(mask: np.ndarray, size: int | tuple[int, int]) -> torch.Tensor:
     return torch.from_numpy(resized > 0.5)
 
 
-@dataclass(frozen=True)
-class AutoGrid:
-    """``grid="auto"``: each image gets its own rows × cols grid of ``tile``-pixel tiles
-    (``tiling.choose_grid``, at most ``max_tiles``) and is placed, aspect kept, on a
-    rows·tile × cols·tile canvas."""
-
-    tile: int
-    max_tiles: int = 9
-
-
-def _placed(img: Image.Image, grid: AutoGrid) -> tuple[torch.Tensor, Placement]:
-    """The image resized into its box on its own canvas; the padding is filled by the model."""
-    placed = place(img.height, img.width, grid.tile, grid.max_tiles)
-    canvas = torch.zeros(3, placed.rows * grid.tile, placed.cols * grid.tile, dtype=torch.uint8)
+def placed_canvas(img: Image.Image, placed: Placement) -> torch.Tensor:
+    """The image resized into its box on its canvas; the padding is filled by the network."""
+    if placed.fills_canvas:
+        return to_canvas(img, placed.tiles.size)
+    canvas = torch.zeros(3, *placed.tiles.size, dtype=torch.uint8)
     canvas[:, placed.box[0], placed.box[1]] = to_canvas(img, (placed.height, placed.width))
-    return canvas, placed
+    return canvas
 
 
-def _place_mask(mask: np.ndarray, placed: Placement, tile: int) -> torch.Tensor:
-    out = torch.zeros(placed.rows * tile, placed.cols * tile, dtype=torch.bool)
+def placed_mask(mask: np.ndarray, placed: Placement) -> torch.Tensor:
+    """A mask placed on the canvas as its image is."""
+    if placed.fills_canvas:
+        return resize_mask(mask, placed.tiles.size)
+    out = torch.zeros(*placed.tiles.size, dtype=torch.bool)
     out[placed.box[0], placed.box[1]] = resize_mask(mask, (placed.height, placed.width))
     return out
 
 
-def placements(batch: dict) -> list[Placement] | None:
-    """The placements an AutoGrid batch carries (None for the fixed canvas)."""
-    if "placement" not in batch:
-        return None
-    return [Placement(*(int(v) for v in row)) for row in batch["placement"]]
+def placements(batch: dict) -> list[Placement]:
+    """The placements a batch carries, one per image."""
+    return [Placement.from_tuple(tuple(row)) for row in batch["placement"].tolist()]
 
 
 def collate(samples: list[dict]) -> dict:
@@ -83,154 +84,25 @@ def collate(samples: list[dict]) -> dict:
     return batch
 
 
-@dataclass(frozen=True)
-class Item:
-    """One row of a meta.json index, with paths resolved against the dataset root."""
-
-    image: Path
-    masks: tuple[Path, ...]  # empty: no mask; several: their union
-    cls_name: str
-    specie_name: str
-    anomaly: int
-    mask_threshold: float = 0  # a mask pixel above this is anomalous (about 127 for JPEG masks)
-
-
-def read_meta(root: Path, split: str = "test", classes: list[str] | None = None) -> dict[str, list[Item]]:
-    """Items of ``root/meta.json`` for ``split``, by class, validated (docs/method.md §8)."""
-    root = Path(root)
-    if not root.is_dir():
-        raise UserError(f"dataset root not found: {root}")
-    meta_path = root / "meta.json"
-    if not meta_path.is_file():
-        raise UserError(f"{meta_path} not found; index the dataset first with the generator for its layout in "
-                        f"generate_dataset_json/ (see the README's Datasets section)")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{meta_path} is not valid JSON ({exc})") from exc
-    if not isinstance(meta, dict) or not isinstance(meta.get(split), dict):
-        raise UserError(f"{meta_path} has no '{split}' section of the form {{class: [item, ...]}}")
-    section = meta[split]
-    wanted = classes or sorted(section)
-    unknown = [c for c in wanted if c not in section]
-    if unknown:
-        raise UserError(f"{meta_path}: classes {unknown} are not in its '{split}' section "
-                        f"(it has {sorted(section)})")
-    result: dict[str, list[Item]] = {}
-    for cls in wanted:
-        rows = section[cls]
-        if not isinstance(rows, list) or not rows:
-            raise UserError(f"{meta_path}: class '{cls}' of '{split}' has no items")
-        result[cls] = [_item(root, meta_path, split, cls, i, row) for i, row in enumerate(rows)]
-    _check_files(meta_path, split, result)
-    return result
-
-
-def _check_files(meta_path: Path, split: str, by_class: dict[str, list[Item]]) -> None:
-    """Fail before any work starts when a listed image or mask does not exist."""
-    for cls, items in by_class.items():
-        for i, item in enumerate(items):
-            for path, what in ((item.image, "image"), *((mask, "mask") for mask in item.masks)):
-                if not path.is_file():
-                    raise UserError(f"{what} not found: {path} (listed in {meta_path} as {split}/{cls}[{i}])")
-
-
-def _item(root: Path, meta_path: Path, split: str, cls: str, index: int, row: object) -> Item:
-    where = f"{meta_path}: {split}/{cls}[{index}]"
-    if not isinstance(row, dict) or any(k not in row for k in ITEM_KEYS):
-        raise UserError(f"{where} is not an item with keys {', '.join(ITEM_KEYS)}: {str(row)[:120]}")
-    if row["anomaly"] not in (0, 1, True, False):
-        raise UserError(f"{where}: 'anomaly' must be 0 or 1, got {row['anomaly']!r}")
-    if not isinstance(row["img_path"], str) or not row["img_path"]:
-        raise UserError(f"{where}: 'img_path' must be a non-empty path")
-    masks = row["mask_path"]
-    if isinstance(masks, str):
-        masks = [masks] if masks else []
-    if not isinstance(masks, list) or not all(isinstance(m, str) and m for m in masks):
-        raise UserError(f"{where}: 'mask_path' must be a path, a list of paths (read as their union) or '' for none")
-    threshold = row.get("mask_threshold", 0)
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or threshold < 0:
-        raise UserError(f"{where}: 'mask_threshold' must be a number >= 0 (a mask pixel above it is anomalous), "
-                        f"got {threshold!r}")
-    return Item(image=root / row["img_path"], masks=tuple(root / m for m in masks), cls_name=str(row["cls_name"]),
-                specie_name=str(row["specie_name"]), anomaly=int(row["anomaly"]), mask_threshold=threshold)
-
-
-def has_masks(items: list[Item]) -> bool:
-    """True when every anomalous item has a mask (pixel metrics and training need them)."""
-    return all(item.masks for item in items if item.anomaly)
-
-
 class CanvasDataset(Dataset):
-    """Items as model-ready canvases: uint8 (3, T, T) image, bool (T, T) mask, label.
+    """Images as model-ready samples on the canvases of ``grid``: ``image`` uint8 (3, H, W),
+    ``placement`` (``Placement.to_tuple``), ``index`` and original ``size``.
 
-    Decoding and resizing happen here, in DataLoader workers; everything after
-    runs batched on the device. ``canvas`` is T (the fixed T×T canvas) or an
-    ``AutoGrid``, whose samples carry their ``placement`` and whose masks are
-    at the image's own size with ``native_masks`` (for metrics), else placed on
-    the canvas (for training). With ``regions`` each sample also carries its
-    mask's ``region_sizes`` (int32) and ``regions`` count, the mask-only part
-    of the PRO metric, computed here beside the mask.
+    ``sources`` are meta.json ``Item``\\ s (their samples also carry the ``label``, and with
+    ``masks`` the bool ``mask``: on the canvas, or at the grid's scored size with its defect
+    regions' ``region_sizes`` (int32) and ``regions`` count, the mask-only part of the PRO
+    metric computed here beside the mask) or image sources: paths, PIL images, uint8 arrays.
+    Images are read as ``run`` says (``bit_depth``, ``max_megapixels``). With ``skip_errors`` an
+    unreadable image does not stop the run: its sample carries the message in ``error`` (empty
+    for good ones) and a blank canvas.
     """
 
-    def __init__(self, items: list[Item], canvas: int | AutoGrid, with_masks: bool = True,
-                 bit_depth: int | None = None, regions: bool = False, native_masks: bool = False) -> None:
-        self.items = items
-        self.canvas = canvas
-        self.with_masks = with_masks
-        self.bit_depth = bit_depth
-        self.regions = regions and with_masks
-        self.native_masks = native_masks and isinstance(canvas, AutoGrid)
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def describe(self, index: int) -> str:
-        return str(self.items[index].image)
-
-    def __getitem__(self, index: int) -> dict:
-        item = self.items[index]
-        img = load_rgb(item.image, self.bit_depth)
-        sample = {"label": item.anomaly, "index": index, "size": torch.tensor([img.height, img.width])}
-        placed = None
-        if isinstance(self.canvas, AutoGrid):
-            sample["image"], placed = _placed(img, self.canvas)
-            sample["placement"] = torch.tensor(astuple(placed))
-        else:
-            sample["image"] = to_canvas(img, self.canvas)
-        if self.with_masks:
-            if item.masks:
-                mask = load_mask(item.masks, item.mask_threshold)
-                if mask.shape != (img.height, img.width):
-                    raise UserError(f"mask {item.masks[0]} is {mask.shape[1]}x{mask.shape[0]} but its image "
-                                    f"{item.image} is {img.width}x{img.height}")
-            else:
-                mask = np.zeros((img.height, img.width), dtype=bool)
-            if self.native_masks:
-                sample["mask"] = torch.from_numpy(mask)
-            elif placed is not None:
-                sample["mask"] = _place_mask(mask, placed, self.canvas.tile)
-            else:
-                sample["mask"] = resize_mask(mask, self.canvas)
-            if self.regions:
-                sizes, count = region_sizes(sample["mask"].numpy())
-                sample["region_sizes"], sample["regions"] = torch.from_numpy(sizes), count
-        return sample
-
-
-class ImageDataset(Dataset):
-    """Images from paths, PIL images or arrays as canvases (uint8 (3, T, T), or with an
-    ``AutoGrid`` their own grid's canvas and ``placement``), index, original size.
-
-    With ``skip_errors`` an unreadable image does not stop the run: its sample
-    carries the message in ``error`` (empty for good ones) and a blank canvas.
-    """
-
-    def __init__(self, sources: list[ImageSource], canvas: int | AutoGrid, bit_depth: int | None = None,
-                 skip_errors: bool = False) -> None:
-        self.sources = sources
-        self.canvas = canvas
-        self.bit_depth = bit_depth
+    def __init__(self, sources: Sequence[Item | ImageSource], grid: Grid, run: RunOptions | None = None,
+                 masks: Masks | None = None, skip_errors: bool = False) -> None:
+        self.sources = list(sources)
+        self.grid = grid
+        self.run = run or RunOptions()
+        self.masks = masks
         self.skip_errors = skip_errors
 
     def __len__(self) -> int:
@@ -238,24 +110,45 @@ class ImageDataset(Dataset):
 
     def describe(self, index: int) -> str:
         source = self.sources[index]
+        if isinstance(source, Item):
+            return str(source.image)
         return str(source) if isinstance(source, (str, Path)) else f"image {index} of the batch"
 
     def __getitem__(self, index: int) -> dict:
+        source = self.sources[index]
+        item = source if isinstance(source, Item) else None
         try:
-            img = image_from_source(self.sources[index], self.bit_depth)
+            img = image_from_source(source.image if isinstance(source, Item) else source, self.run.bit_depth,
+                                    self.run.max_pixels)
         except UserError as exc:
             if not self.skip_errors:
                 raise
-            blank = (self.canvas, self.canvas) if isinstance(self.canvas, int) else (self.canvas.tile,) * 2
-            return {"image": torch.zeros(3, *blank, dtype=torch.uint8), "index": index,
-                    "size": torch.tensor([0, 0]), "error": str(exc)}
-        sample = {"index": index, "size": torch.tensor([img.height, img.width])}
-        if isinstance(self.canvas, AutoGrid):
-            sample["image"], placed = _placed(img, self.canvas)
-            sample["placement"] = torch.tensor(astuple(placed))
-        else:
-            sample["image"] = to_canvas(img, self.canvas)
+            blank = self.grid.place(1, 1)
+            return {"image": torch.zeros(3, *blank.tiles.size, dtype=torch.uint8), "index": index,
+                    "size": torch.tensor([0, 0]), "placement": torch.tensor(blank.to_tuple()), "error": str(exc)}
+        placed = self.grid.place(img.height, img.width)
+        sample = {"image": placed_canvas(img, placed), "placement": torch.tensor(placed.to_tuple()), "index": index,
+                  "size": torch.tensor([img.height, img.width])}
+        if item is not None:
+            sample["label"] = item.anomaly
+            if self.masks is not None:
+                sample.update(self._truth(item, img, placed))
         return {**sample, "error": ""} if self.skip_errors else sample
+
+    def _truth(self, item: Item, img: Image.Image, placed: Placement) -> dict:
+        if item.masks:
+            mask = load_mask(item.masks, item.mask_threshold, self.run.max_pixels)
+            if mask.shape != (img.height, img.width):
+                raise UserError(f"mask {item.masks[0]} is {mask.shape[1]}x{mask.shape[0]} but its image "
+                                f"{item.image} is {img.width}x{img.height}")
+        else:
+            mask = np.zeros((img.height, img.width), dtype=bool)
+        if self.masks is Masks.ON_CANVAS:
+            return {"mask": placed_mask(mask, placed)}
+        size = self.grid.scored_size(placed, img.height, img.width)
+        scored = torch.from_numpy(mask) if size == mask.shape else resize_mask(mask, size)
+        sizes, count = region_sizes(scored.numpy())
+        return {"mask": scored, "region_sizes": torch.from_numpy(sizes), "regions": count}
 
 
 def worker_count(num_workers: int | str, images: int) -> int:
@@ -264,3 +157,27 @@ def worker_count(num_workers: int | str, images: int) -> int:
     if num_workers != "auto":
         return int(num_workers)
     return 0 if images < 64 else min(4, os.cpu_count() or 1)
+
+
+def batches(dataset: CanvasDataset, pin_memory: bool = False) -> Iterator[dict]:
+    """Collated batches of canvases of one shape, of the dataset's ``run.batch_size`` images,
+    decoded by ``run.num_workers`` workers. On a uniform grid they come in dataset order;
+    otherwise images are grouped by canvas as they are decoded: a group is run when it has
+    ``batch_size`` images, and the rest at the end. An unreadable image (``error``) comes alone."""
+    batch_size = dataset.run.batch_size
+    workers = worker_count(dataset.run.num_workers, len(dataset))
+    if dataset.grid.uniform:
+        yield from DataLoader(dataset, batch_size=batch_size, num_workers=workers, pin_memory=pin_memory,
+                              collate_fn=collate)
+        return
+    groups: dict[tuple[int, ...], list[dict]] = {}
+    for sample in DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory):
+        if sample.get("error"):
+            yield collate([sample])
+            continue
+        key = tuple(sample["placement"][:5].tolist())  # the canvas and its tiles
+        groups.setdefault(key, []).append(sample)
+        if len(groups[key]) == batch_size:
+            yield collate(groups.pop(key))
+    for group in groups.values():
+        yield collate(group)

@@ -2,12 +2,13 @@
 torch, so the ONNX runtime in ``deploy`` can use it): any mode, EXIF orientation, 16-bit depths."""
 from __future__ import annotations
 
+import glob
 import logging
 import os
+import re
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -16,17 +17,39 @@ from ..errors import UserError
 
 log = logging.getLogger(__name__)
 
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
-def _open(path: Path, what: str) -> Image.Image:
-    """Open and fully decode an image, upright per its EXIF orientation."""
+
+def _open(path: Path, what: str, max_pixels: int | None = None) -> Image.Image:
+    """Open and fully decode an image, upright per its EXIF orientation; one of more than
+    ``max_pixels`` pixels is refused from its header, before anything is decoded."""
     if not path.is_file():
         raise UserError(f"{what} not found: {path}")
     try:
         with Image.open(path) as img:
+            if max_pixels is not None and img.width * img.height > max_pixels:
+                raise UserError(f"{what} {path} is {img.width}x{img.height} ({img.width * img.height / 1e6:.3g} "
+                                f"megapixels), over the limit of max_megapixels {max_pixels / 1e6:g}",
+                                field="max_megapixels")
+            if getattr(img, "n_frames", 1) > 1:
+                log.warning("%s %s has %d frames; its first is used", what, path, img.n_frames)
             img.load()
             return ImageOps.exif_transpose(img)
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
         raise UserError(f"{what} {path} is unreadable or truncated ({exc})") from exc
+
+
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation an opened image declares in its header. Pillow's ``getexif`` of a PNG
+    decodes the whole image to look for an eXIf chunk after the pixels; here a PNG's orientation is
+    read from a chunk before them only (where cameras and editors put it), so nothing is decoded."""
+    if img.format == "PNG":
+        raw = img.info.get("exif")
+        exif = Image.Exif()
+        if isinstance(raw, bytes):
+            exif.load(raw)
+        return int(exif.get(0x0112, 1))
+    return int(img.getexif().get(0x0112, 1))
 
 
 def image_shape(path: Path) -> tuple[int, int]:
@@ -34,7 +57,7 @@ def image_shape(path: Path) -> tuple[int, int]:
     try:
         with Image.open(path) as img:
             width, height = img.size
-            if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # rotated by 90 degrees one way or the other
+            if _orientation(img) in (5, 6, 7, 8):  # rotated by 90 degrees one way or the other
                 width, height = height, width
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
         raise UserError(f"image {path} is unreadable or truncated ({exc})") from exc
@@ -89,25 +112,27 @@ def _high_bit_depth_to_uint8(img: Image.Image, bits: int | None = None) -> np.nd
     return np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
-def load_rgb(path: Path, bit_depth: int | None = None) -> Image.Image:
+def load_rgb(path: Path, bit_depth: int | None = None, max_pixels: int | None = None) -> Image.Image:
     """Any reasonable image file as 8-bit RGB: grayscale, palette, RGBA, 16-bit, CMYK, EXIF-rotated.
 
     ``bit_depth``: significant bits of 16-bit images (default: the PNG's sBIT
-    chunk, else inferred from the image's maximum)."""
-    return to_rgb(_open(path, "image"), bit_depth or png_significant_bits(path))
+    chunk, else inferred from the image's maximum); ``max_pixels``: a larger image is refused
+    before it is decoded."""
+    return to_rgb(_open(path, "image", max_pixels), bit_depth or png_significant_bits(path))
 
 
-ImageSource = Union[str, Path, Image.Image, np.ndarray]
+ImageSource = str | Path | Image.Image | np.ndarray
 
 
-def image_from_source(source: ImageSource, bit_depth: int | None = None) -> Image.Image:
+def image_from_source(source: ImageSource, bit_depth: int | None = None, max_pixels: int | None = None
+                      ) -> Image.Image:
     """A path, a PIL image or an (H, W) / (H, W, 3|4) uint8 array as 8-bit RGB; files and
     PIL images upright per their EXIF orientation."""
     if isinstance(source, (str, Path)):
         if Path(source).is_dir():
-            raise UserError(f"{source} is a folder: give image files (predict.py and prediction.collect_images "
+            raise UserError(f"{source} is a folder: give image files (predict.py and collect_images "
                             f"take folders)")
-        return load_rgb(Path(source), bit_depth)
+        return load_rgb(Path(source), bit_depth, max_pixels)
     if isinstance(source, Image.Image):
         return to_rgb(ImageOps.exif_transpose(source), bit_depth)
     if isinstance(source, np.ndarray):
@@ -138,15 +163,15 @@ def canvas_array(img: Image.Image, size: int | tuple[int, int]) -> np.ndarray:
     return np.asarray(img.resize((w, h), Image.Resampling.BICUBIC), dtype=np.uint8).transpose(2, 0, 1)
 
 
-def load_mask(paths: Path | Sequence[Path], threshold: float = 0) -> np.ndarray:
+def load_mask(paths: Path | Sequence[Path], threshold: float = 0, max_pixels: int | None = None) -> np.ndarray:
     """A ground-truth mask as bool (H, W): a pixel is anomalous where its largest channel value
     exceeds ``threshold`` in any of ``paths`` (several files are read as their union). The
     threshold belongs to the index: 0 for lossless masks, about half the range for JPEG masks,
-    whose compression noise would otherwise count as defect."""
+    whose compression noise would otherwise count as defect. ``max_pixels`` as in ``load_rgb``."""
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     union: np.ndarray | None = None
     for path in paths:
-        img = _open(Path(path), "mask")
+        img = _open(Path(path), "mask", max_pixels)
         if img.mode == "P":
             img = img.convert("RGB")
         elif img.mode == "1":  # bilevel: as 0/255, so that any threshold keeps what is marked
@@ -162,3 +187,93 @@ def load_mask(paths: Path | Sequence[Path], threshold: float = 0) -> np.ndarray:
     if union is None:
         raise UserError("load_mask needs at least one mask file")
     return union
+
+
+def collect_images(spec: str, exclude: Path | None = None, field: str = "input") -> tuple[list[Path], Path]:
+    """Image files named by a file, a folder (recursive) or a glob, and the folder they share;
+    nothing inside ``exclude`` (the output folder) is taken. Links to folders are followed, but
+    never into a folder already walked, so a link back up cannot loop; a file reached twice (by a
+    link) is listed once. ``field``: the setting that named them."""
+    path = Path(spec).expanduser()
+    if path.is_file():
+        files = [path]
+    elif path.is_dir():
+        files = sorted(p for p in _walk(path) if p.suffix.lower() in IMAGE_SUFFIXES)
+    else:
+        files = sorted(p for p in _matches(os.path.expanduser(spec)) if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files and not glob.has_magic(spec):
+            raise UserError(f"{field} {spec}: no such file or folder", field=field)
+    files = _once(files)
+    found = len(files)
+    if exclude is not None:
+        outside = Path(exclude).resolve()
+        files = [f for f in files if not f.resolve().is_relative_to(outside)]
+    if not files:
+        inside = f" ({found} left out: they are inside the output folder {exclude})" if found else ""
+        raise UserError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found at {spec}{inside}", field=field)
+    base = path if path.is_dir() else Path(os.path.commonpath([f.parent for f in files]))
+    return files, base
+
+
+def _walk(root: Path) -> Iterator[Path]:
+    """Every file below ``root``, links to folders followed but never into a folder already walked."""
+    seen: set[tuple[int, int]] = set()
+    for folder, folders, names in os.walk(root, followlinks=True):
+        status = os.stat(folder)
+        if (status.st_dev, status.st_ino) in seen:
+            folders[:] = []
+            continue
+        seen.add((status.st_dev, status.st_ino))
+        folders.sort()
+        yield from (Path(folder) / name for name in sorted(names))
+
+
+def _matches(pattern: str) -> Iterator[Path]:
+    """The files a glob pattern (``**`` for any depth) names, found by ``_walk`` from the pattern's
+    fixed part."""
+    parts = Path(pattern).parts
+    fixed = next((i for i, part in enumerate(parts) if glob.has_magic(part)), len(parts))
+    base = Path(*parts[:fixed]) if fixed else Path(".")
+    if not base.is_dir():
+        return
+    pieces = [_component(part) for part in parts[fixed:]]
+    if parts[-1] == "**":  # everything below
+        pieces[-1] = ".*"
+    regex = re.compile("/".join(pieces).replace("(?:[^/]+/)*/", "(?:[^/]+/)*"))
+    for file in _walk(base):
+        if regex.fullmatch(file.relative_to(base).as_posix()):
+            yield file
+
+
+def _component(part: str) -> str:
+    """One path component of a glob as a regular expression that stays within the component."""
+    if part == "**":
+        return "(?:[^/]+/)*"
+    out, i = "", 0
+    while i < len(part):
+        ch = part[i]
+        if ch == "*":
+            out += "[^/]*"
+        elif ch == "?":
+            out += "[^/]"
+        elif ch == "[" and "]" in part[i + 2:]:
+            end = part.index("]", i + 2)
+            body = part[i + 1:end].replace("\\", "\\\\")
+            out += "[" + ("^" + body[1:] if body.startswith("!") else body) + "]"
+            i = end
+        else:
+            out += re.escape(ch)
+        i += 1
+    return out
+
+
+def _once(files: list[Path]) -> list[Path]:
+    """``files`` without a second path to a file already listed (through a link)."""
+    seen: set[Path] = set()
+    unique = []
+    for file in files:
+        real = file.resolve()
+        if real not in seen:
+            seen.add(real)
+            unique.append(file)
+    return unique

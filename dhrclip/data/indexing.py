@@ -7,15 +7,14 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Union
+from typing import Any
 
 from ..errors import UserError
 from ..files import save_json
-from .images import load_mask
+from .images import IMAGE_SUFFIXES, load_mask
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 MVTEC_CLASSES = ["bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut", "pill",
                  "screw", "tile", "toothbrush", "transistor", "wood", "zipper"]
 MPDD_CLASSES = ["bracket_black", "bracket_brown", "bracket_white", "connector", "metal_plate", "tubes"]
@@ -54,7 +53,7 @@ def find_mask(folder: Path, image: Path) -> Path | None:
     return None
 
 
-MaskFiles = Union[Path, Sequence[Path], None]
+MaskFiles = Path | Sequence[Path] | None
 
 
 def item(root: Path, image: Path, mask: MaskFiles, cls: str, specie: str, anomaly: int,
@@ -66,9 +65,9 @@ def item(root: Path, image: Path, mask: MaskFiles, cls: str, specie: str, anomal
     if mask_threshold is None:
         mask_threshold = max((mask_threshold_for(m) for m in masks), default=0)
     paths = [m.relative_to(root).as_posix() for m in masks]
-    row = {"img_path": image.relative_to(root).as_posix(),
-           "mask_path": paths if len(paths) > 1 else paths[0] if paths else "",
-           "cls_name": cls, "specie_name": specie, "anomaly": anomaly}
+    row: dict[str, Any] = {"img_path": image.relative_to(root).as_posix(),
+                           "mask_path": paths if len(paths) > 1 else paths[0] if paths else "",
+                           "cls_name": cls, "specie_name": specie, "anomaly": anomaly}
     if masks and mask_threshold:
         row["mask_threshold"] = mask_threshold
     return row

@@ -8,26 +8,42 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Iterator
+import os
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..config import (
+    AUTO_GRID,
+    DERIVED_FIELDS,
+    ModelConfig,
+    ResolvedConfig,
+    RunOptions,
+    is_bank_file,
+    resolve_model_config,
+)
 from ..core.backbone import is_weights_path, load_clip, uses_quick_gelu
-from .checkpoint import Checkpoint, load_prompts, read_checkpoint
-from ..config import DERIVED_FIELDS, GRID_MODES, ModelConfig, ResolvedConfig, is_bank_file, resolve_model_config
-from ..data.canvases import ImageDataset
+from ..core.fewshot import ReferenceBank
+from ..core.grid import Grid, grid_for
+from ..core.network import DHRCLIPNetwork
+from ..core.runtime import resolve_device, resolve_precision
+from ..data.canvases import CanvasDataset
 from ..data.images import ImageSource
 from ..errors import UserError
 from ..files import fingerprint
-from ..core.fewshot import ReferenceBank
-from .inference import Prediction, build_reference, canvas_for, iter_predictions
-from ..core.network import DHRCLIPModel
-from ..core.runtime import resolve_device, resolve_precision
+from .bank import check_bank, read_bank
+from .checkpoint import Checkpoint, load_prompts, read_checkpoint
+from .inference import build_reference, iter_predictions
+from .results import Prediction, Thresholds, predict_each
+from .signature import Signature
 
 log = logging.getLogger(__name__)
+
+# How the Python API runs images unless told otherwise: as predict.py does, in this process.
+API_RUN = RunOptions(grid=AUTO_GRID, num_workers=0)
 
 
 class DHRCLIP:
@@ -37,7 +53,7 @@ class DHRCLIP:
     says where each setting came from (checkpoint, argument, default).
     """
 
-    def __init__(self, model: DHRCLIPModel, resolved: ResolvedConfig, checkpoint: Path | None = None) -> None:
+    def __init__(self, model: DHRCLIPNetwork, resolved: ResolvedConfig, checkpoint: Path | None = None) -> None:
         self.model = model
         self.resolved = resolved
         self.checkpoint = checkpoint
@@ -101,25 +117,22 @@ class DHRCLIP:
         log.info("loaded %s", ckpt.path)
         return cls(model, ResolvedConfig(model.config, resolved.sources), checkpoint=ckpt.path)
 
-    def predict(self, images: ImageSource | list[ImageSource], batch_size: int = 8, num_workers: int = 0,
-                grid: str = "auto", max_tiles: int = 9) -> Prediction | list[Prediction]:
+    def predict(self, images: ImageSource | Sequence[ImageSource], run: RunOptions | None = None,
+                **options: Any) -> Prediction | list[Prediction]:
         """Anomaly maps (at each image's own size, smoothed, not normalised) and image scores.
 
         ``images``: one image or a list of them, each a path, a PIL image or an
         (H, W, 3) uint8 array. A single image gives one ``Prediction``, a list a
-        list. ``grid``: "auto" (a tile grid per image, at its own aspect ratio) or
-        "fixed" (the T×T canvas). Values equal predict.py's for the same images,
-        grid and batch size.
+        list. ``run``: how images are read, batched and placed (default ``API_RUN``: the auto
+        grid, a tile grid per image at its own aspect ratio, in this process), or ``options``
+        changing some of its fields: ``grid="fixed"`` (the T×T canvas), ``batch_size=16``, ...
+        Values equal predict.py's for the same images, grid and batch size.
         """
-        if grid not in GRID_MODES:
-            raise UserError(f"grid must be one of {', '.join(GRID_MODES)}, got {grid!r}", field="grid")
-        single = not isinstance(images, (list, tuple))
-        sources = [images] if single else list(images)
-        results: list[Prediction | None] = [None] * len(sources)
-        for i, prediction in iter_predictions(self.model, sources, batch_size, num_workers, grid=grid,
-                                              max_tiles=max_tiles):
-            results[i] = prediction
-        return results[0] if single else results
+        return predict_each(self, images, replace(run or API_RUN, **options))
+
+    def grid_for(self, run: RunOptions) -> Grid:
+        """The tile grid of ``run`` (its ``grid`` and ``max_tiles``) on this model's geometry."""
+        return grid_for(run.grid, run.max_tiles, self.config)
 
     @property
     def checkpoint_fingerprint(self) -> str | None:
@@ -136,38 +149,62 @@ class DHRCLIP:
         """The identity of the few-shot bank, if any, for threshold files."""
         return self.model.reference.digest() if self.model.reference is not None else None
 
-    def iter_predictions(self, sources: list[ImageSource], batch_size: int = 8, num_workers: int | str = 0,
-                         desc: str = "predicting", bit_depth: int | None = None, skip_errors: bool = False,
-                         grid: str = "auto", max_tiles: int = 9, exclude: list[int] | None = None
+    @property
+    def can_leave_out(self) -> bool:
+        """Whether its bank's images can be scored without their own tokens: always, with a bank."""
+        return self.model.reference is not None
+
+    @property
+    def stored_thresholds(self) -> Thresholds:
+        """None: thresholds come with exported files, not with checkpoints."""
+        return Thresholds()
+
+    def signature(self, run: RunOptions) -> Signature:
+        """What results of this detector on ``run``'s grid hold for: threshold files record it."""
+        return Signature(self.config, self.grid_for(run).record(),
+                         str(self.checkpoint) if self.checkpoint else None, self.checkpoint_fingerprint,
+                         self.reference_digest)
+
+    def iter_predictions(self, sources: Sequence[ImageSource], run: RunOptions = API_RUN, skip_errors: bool = False,
+                         exclude: list[int] | None = None, desc: str = "predicting", progress: bool = True
                          ) -> Iterator[tuple[int, Prediction | str]]:
-        """(position, Prediction or the reason it failed) for every source, batch by batch
-        (``inference.iter_predictions``); what predict.py runs, here or on an ONNX file."""
-        return iter_predictions(self.model, sources, batch_size, num_workers, desc, bit_depth, skip_errors, grid,
-                                max_tiles, exclude)
+        """(position, Prediction or the reason it failed) for every source, batch by batch, with
+        ``run``'s grid, reading and batching (``detector.inference.iter_predictions``); what
+        predict.py runs, here or on an ONNX file."""
+        return iter_predictions(self.model, sources, self.grid_for(run), run, desc, skip_errors, exclude, progress)
 
     @property
     def reference(self) -> ReferenceBank | None:
         """The few-shot bank whose map is added to the zero-shot one, if any."""
         return self.model.reference
 
-    def with_reference(self, reference: ReferenceBank | str | Path | list[ImageSource], grid: str = "auto",
-                       max_tiles: int = 9, batch_size: int = 8, num_workers: int = 0) -> DHRCLIP:
+    @property
+    def bank(self) -> ReferenceBank:
+        """The few-shot bank, which a detector from ``with_reference`` has."""
+        if self.model.reference is None:
+            raise UserError("this detector has no reference bank; make one with with_reference", field="reference")
+        return self.model.reference
+
+    def with_reference(self, reference: ReferenceBank | str | os.PathLike | Sequence[ImageSource],
+                       run: RunOptions | None = None, **options: Any) -> DHRCLIP:
         """This detector with a few-shot bank (docs/method.md §11): its maps add each token's
         distance to the bank, and its scores mix in that map's maximum. ``reference``: a bank, a
         bank file written by ``ReferenceBank.save`` (.safetensors), or a list of good images (paths,
-        PIL images or arrays). A bank must match this model's vision settings and ``grid``; this
-        detector is left as it is."""
+        PIL images or arrays), read with ``run``'s grid, batch size and workers (as in ``predict``).
+        A bank must match this model's vision settings and the grid; this detector is left as it is."""
+        run = replace(run or API_RUN, **options)
         if isinstance(reference, ReferenceBank):
             bank, where = reference, "bank"
-        elif isinstance(reference, (str, Path)) and is_bank_file(reference):
-            bank, where = ReferenceBank.load(Path(reference)), str(reference)
+        elif isinstance(reference, (str, os.PathLike)) and is_bank_file(reference):
+            bank, where = read_bank(reference), str(reference)
         else:
-            sources = list(reference) if isinstance(reference, (list, tuple)) else [reference]
+            sources: list[ImageSource] = (list(reference) if isinstance(reference, (list, tuple))
+                                          else [reference])  # type: ignore[list-item]
             names = [str(Path(s).resolve()) if isinstance(s, (str, Path)) else f"image {i}"
                      for i, s in enumerate(sources)]
-            dataset = ImageDataset(sources, canvas_for(self.model, grid, max_tiles))
-            bank, where = build_reference(self.model, dataset, batch_size, num_workers, names), "images"
-        bank.check(self.config, grid, max_tiles, where)
+            dataset = CanvasDataset(sources, self.grid_for(run), run)
+            bank, where = build_reference(self.model, dataset, names), "images"
+        check_bank(bank, self.config, self.model.token_width, self.grid_for(run), where)
         clone = copy.copy(self)
         clone.model = copy.copy(self.model)  # shares the network; only the bank differs
         clone.model.reference = bank.to(self.device)
@@ -192,7 +229,7 @@ def check_backbone(built: ModelConfig, recorded: ModelConfig) -> None:
 
 
 def _build(resolved: ResolvedConfig, device: str, precision: str | None,
-           recorded: ModelConfig | None = None) -> DHRCLIPModel:
+           recorded: ModelConfig | None = None) -> DHRCLIPNetwork:
     """Load the backbone, record what it is (weights files by absolute path), check it against
     ``recorded``, and wrap it with fresh prompts."""
     target = resolve_device(device)
@@ -200,8 +237,8 @@ def _build(resolved: ResolvedConfig, device: str, precision: str | None,
     config = resolved.config
     clip, weights = load_clip(config.model, config.pretrained)
     config = replace(config, quick_gelu=uses_quick_gelu(clip),
-                     pretrained=str(weights.resolve()) if is_weights_path(config.pretrained) else config.pretrained,
+                     pretrained=str(weights.resolve()) if weights is not None else config.pretrained,
                      weights_fingerprint=fingerprint(weights) if weights is not None else None)
     if recorded is not None:
         check_backbone(config, recorded)
-    return DHRCLIPModel(clip, config, dtype).to(target)
+    return DHRCLIPNetwork(clip, config, dtype).to(target)

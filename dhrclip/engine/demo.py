@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
-from ..config import DEFAULT_MODEL, EvalConfig, ModelConfig, TrainConfig
+from ..config import DemoConfig, EvalConfig, ModelConfig, TrainConfig
+from ..core.runtime import seed_everything
+from ..data.indexing import mvtec_layout_index, write_meta
+from ..data.synthetic import save_openai_format, tiny_clip, write_mvtec_dataset
 from ..detector.facade import DHRCLIP
 from ..errors import UserError
 from .evaluation import evaluate
-from ..data.indexing import mvtec_layout_index, write_meta
-from ..core.runtime import seed_everything
-from ..data.synthetic import save_openai_format, tiny_clip, write_mvtec_dataset
 from .training import train
 
 log = logging.getLogger(__name__)
@@ -35,9 +37,9 @@ DEFECT_COLOR = (220, 30, 30)
 SEED = 111
 # The tiny random CLIP (patch 14) at the paper's MVTec test geometry, S=P=336 on a 672 canvas, tapping
 # its last layer; with real weights, the authors' small configuration.
-TINY = dict(image_size=336, patch_image_size=336, target_image_size=672, features_list=(4,), dpam=4, depth=3,
-            n_ctx=12, t_n_ctx=4)
-REAL = dict(image_size=224, patch_image_size=224, target_image_size=448, features_list=(24,))
+TINY: dict[str, Any] = dict(image_size=336, patch_image_size=336, target_image_size=672, features_list=(4,), dpam=4,
+                            depth=3, n_ctx=12, t_n_ctx=4)
+REAL: dict[str, Any] = dict(image_size=224, patch_image_size=224, target_image_size=448, features_list=(24,))
 EPOCHS = {"tiny": 15, "real": 3}
 
 
@@ -56,32 +58,32 @@ def _backbone(model: str, pretrained: str, out: Path, device: str) -> tuple[DHRC
     return DHRCLIP.create(ModelConfig(pretrained=str(path), **TINY), device=device), False
 
 
-def run_demo(save_path: Path = Path("./demo_output"), model: str = DEFAULT_MODEL, pretrained: str = "openai",
-             epochs: int | None = None, device: str = "auto", num_workers: int | str = "auto") -> dict:
+def run_demo(config: DemoConfig | None = None) -> dict:
     """Synthesise, index, test untrained, train, test again. Returns {"untrained", "trained"}:
     test.py's results dicts on the held-out classes before and after training."""
+    config = config or DemoConfig()
     started = time.perf_counter()
-    out = Path(save_path)
-    common = dict(n_good=4, n_defect=6, n_train=2, defect_color=DEFECT_COLOR)
+    out = config.save_path
+    run = replace(config.run, batch_size=8, seed=SEED)
+    common: dict[str, Any] = dict(n_good=4, n_defect=6, n_train=2, defect_color=DEFECT_COLOR)
     source = write_mvtec_dataset(out / "data" / "source", SOURCE_CLASSES, size=(96, 96), seed=1, **common)
     target = write_mvtec_dataset(out / "data" / "target", TARGET_CLASSES, size=(96, 128), seed=2, **common)
     for root in (source, target):
         write_meta(root, mvtec_layout_index(root))
     seed_everything(SEED)  # the untrained prompts, too, are the same on every run
-    detector, real = _backbone(model, pretrained, out, device)
-    epochs = epochs or EPOCHS["real" if real else "tiny"]
+    detector, real = _backbone(config.model, config.pretrained, out, run.device)
+    epochs = config.epochs or EPOCHS["real" if real else "tiny"]
     held_out = ", ".join(TARGET_CLASSES)
 
     print(f"\nZero-shot on the held-out classes ({held_out}) with UNTRAINED prompts:")
     untrained = evaluate(detector, EvalConfig(data_path=target, dataset="synthetic-target",
-                                              save_path=out / "results_untrained", batch_size=8,
-                                              num_workers=num_workers, seed=SEED))
+                                              save_path=out / "results_untrained", run=run))
     print(f"\nTraining the prompts on {', '.join(SOURCE_CLASSES)} for {epochs} epochs ...")
     train(TrainConfig(data_path=source, dataset="synthetic-source", save_path=out / "checkpoint", epochs=epochs,
-                      save_freq=epochs, batch_size=8, num_workers=num_workers, seed=SEED), detector)
+                      save_freq=epochs, run=run), detector)
     print(f"\nZero-shot on the same held-out classes ({held_out}) with the TRAINED prompts:")
     trained = evaluate(detector, EvalConfig(data_path=target, dataset="synthetic-target", save_path=out / "results",
-                                            vis=True, batch_size=8, num_workers=num_workers, seed=SEED))
+                                            vis=True, run=run))
 
     before, after = untrained["mean"]["pixel_auroc"], trained["mean"]["pixel_auroc"]
     print(f"\nMean pixel AUROC on the held-out classes: {100 * before:.1f} untrained -> {100 * after:.1f} trained "

@@ -3,141 +3,26 @@ tables and results.json."""
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 import zlib
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from tabulate import tabulate
-from tqdm import tqdm
 
 from ..config import EvalConfig
-from ..data.canvases import AutoGrid, CanvasDataset, Item, read_meta
+from ..core.runtime import seed_everything
+from ..data.canvases import CanvasDataset
+from ..data.meta import Item, read_meta
 from ..detector.facade import DHRCLIP
-from .distributed import barrier, extreme_across, gather_all, gather_to_main, sum_across, world
+from ..detector.inference import build_reference
 from ..errors import UserError
 from ..files import save_json
-from ..detector.inference import build_reference, canvas_for, iter_batches
-from ..metrics import ImageAccumulator, PixelAccumulator, legacy_aupro
-from ..core.runtime import seed_everything
-from .figures import ColorScale, save_test_figure
+from .class_metrics import METRIC_NAMES, metrics_by_class
+from .distributed import extreme_across, world
 
 log = logging.getLogger(__name__)
-
-METRIC_NAMES = ("pixel_auroc", "pixel_aupro", "pixel_f1max", "pixel_ap", "image_auroc", "image_ap", "image_f1max")
-
-
-@dataclass
-class ClassState:
-    """What testing keeps of one class: additive metric state, whatever the number of images."""
-
-    pixel: PixelAccumulator | None
-    image: ImageAccumulator = field(default_factory=ImageAccumulator)
-
-    def compute(self, aupro_mode: str, legacy: float | None = None) -> dict[str, float | None]:
-        """All seven metrics; None for those not asked for or undefined. With ``aupro_mode``
-        "legacy", AUPRO is the given ``legacy`` value."""
-        result: dict[str, float | None] = dict.fromkeys(METRIC_NAMES)
-        if self.pixel is not None:
-            px = self.pixel.compute()
-            if aupro_mode == "legacy":
-                px["aupro"] = legacy
-            result.update({f"pixel_{k}": v for k, v in px.items()})
-        if self.image.scores:
-            result.update({f"image_{k}": v for k, v in self.image.compute().items()})
-        return result
-
-
-class LegacyMaps:
-    """The maps and masks the reference's 200-threshold AUPRO needs (``aupro="legacy"``): it
-    cannot be computed from histograms, so each class's maps are kept until it is complete
-    (in one process) or until the end, when rank 0 gathers them (under torchrun)."""
-
-    def __init__(self, counts: dict[str, int]) -> None:
-        self.counts = counts
-        self.parts: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {c: [] for c in counts}
-        self.values: dict[str, float | None] = {}
-
-    def add(self, cls: str, positions: np.ndarray, maps: torch.Tensor, masks: torch.Tensor) -> None:
-        self.parts[cls].append((positions, maps.half().cpu().numpy(), masks.cpu().numpy()))
-        if world().size == 1 and sum(len(p) for p, _, _ in self.parts[cls]) == self.counts[cls]:
-            self.values[cls] = self._compute(self.parts.pop(cls))
-
-    @staticmethod
-    def _compute(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> float | None:
-        order = np.argsort(np.concatenate([p for p, _, _ in parts]))
-        maps = np.concatenate([m for _, m, _ in parts])[order]
-        masks = np.concatenate([k for _, _, k in parts])[order]
-        return legacy_aupro(masks, maps)
-
-    def finish(self) -> dict[str, float | None]:
-        """Every class's value on rank 0 (an empty dict elsewhere)."""
-        if world().size == 1:
-            return self.values
-        gathered = gather_to_main(self.parts)
-        if gathered is None:
-            return {}
-        return {cls: self._compute([p for rank in gathered for p in rank[cls]]) for cls in self.counts}
-
-
-class FigureSpool:
-    """test.py's figures (``vis``) without keeping maps in memory: each rank writes the maps of
-    the images it owns to a scratch folder as they come, and draws their figures at the end,
-    when every class's colour scale (its lowest and highest score over all ranks) is known."""
-
-    def __init__(self, folder: Path, rank: int) -> None:
-        self.folder = folder
-        self.scratch = folder / f".maps-{rank}"
-        if world().is_main:  # an interrupted run's scratch maps, whatever its number of processes
-            for old in folder.glob(".maps-*"):
-                shutil.rmtree(old, ignore_errors=True)
-        barrier()
-        self.scratch.mkdir(parents=True)
-        self.written: list[int] = []
-        self.ranges: dict[str, list[float]] = {}  # per class: lowest and highest score written here
-
-    def add(self, cls: str, positions: np.ndarray, maps: torch.Tensor | list[torch.Tensor], scores: np.ndarray,
-            sizes: np.ndarray, masks: torch.Tensor | list[torch.Tensor] | None) -> None:
-        maps16 = [m.half().cpu().numpy() for m in maps]
-        masks_np = [m.cpu().numpy() for m in masks] if masks is not None else None
-        for k, i in enumerate(positions):
-            np.savez(self.scratch / f"{int(i)}.npz", map=maps16[k], score=scores[k], size=sizes[k],
-                     **({"mask": masks_np[k]} if masks_np is not None else {}))
-            self.written.append(int(i))
-            _widen(self.ranges, cls, float(maps16[k].min()), float(maps16[k].max()))
-
-    def draw(self, class_of: list[str], items: list[Item], bit_depth: int | None) -> None:
-        """One figure per image, on its class's colour scale; the scratch folder is removed."""
-        merged: dict[str, list[float]] = {}
-        for part in gather_all(self.ranges):
-            for cls, (low, high) in part.items():
-                _widen(merged, cls, low, high)
-        for i in tqdm(self.written, desc="figures", unit="image", disable=None if world().is_main else True):
-            with np.load(self.scratch / f"{i}.npz") as saved:
-                save_test_figure(self.folder / class_of[i], items[i], saved["map"],
-                                 saved["mask"] if "mask" in saved else None, float(saved["score"]),
-                                 tuple(int(v) for v in saved["size"]), ColorScale.around(*merged[class_of[i]]),
-                                 bit_depth)
-        shutil.rmtree(self.scratch, ignore_errors=True)
-
-
-def _widen(ranges: dict[str, list[float]], cls: str, low: float, high: float) -> None:
-    """Extend ``cls``'s [lowest, highest] in ``ranges`` to take in low and high."""
-    span = ranges.setdefault(cls, [low, high])
-    span[0], span[1] = min(span[0], low), max(span[1], high)
-
-
-def _resized(amap: torch.Tensor, size: tuple[int, int] | np.ndarray) -> torch.Tensor:
-    """A map bilinearly resized to (height, width), on its device."""
-    h, w = (int(v) for v in size)
-    if tuple(amap.shape) == (h, w):
-        return amap
-    return F.interpolate(amap[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
 
 
 def over_defined(rows: Iterable[dict[str, float | None]], reduce: Callable[[list[float]], float] = np.mean,
@@ -147,7 +32,7 @@ def over_defined(rows: Iterable[dict[str, float | None]], reduce: Callable[[list
     rows = list(rows)
     result: dict[str, float | None] = {}
     for name in names:
-        values = [row[name] for row in rows if row[name] is not None]
+        values = [value for row in rows if (value := row[name]) is not None]
         result[name] = float(reduce(values)) if values else None
     return result
 
@@ -193,17 +78,19 @@ def few_shot_metrics(model: DHRCLIP, by_class: dict[str, list[Item]], config: Ev
     """``k_shot_runs`` few-shot tests: per run and class, a bank from ``k_shot`` good train images
     (seed ``seed + run``) and the class's metrics with it. Returns the per-class means over runs,
     the seconds spent on metrics, and each run's draw and metrics."""
-    canvas = canvas_for(model.model, config.grid, config.max_tiles)
-    runs, metrics_s = [], 0.0
+    run_options = config.run
+    grid = model.grid_for(run_options)
+    runs: list[dict[str, Any]] = []
+    metrics_s = 0.0
     for run in range(config.k_shot_runs):
-        seed = config.seed + run
+        seed = run_options.seed + run
         drawn = draw_references(config, list(by_class), seed)
         per_class: dict[str, dict[str, float | None]] = {}
         for cls, items in by_class.items():
-            references = CanvasDataset(drawn[cls], canvas, with_masks=False, bit_depth=config.bit_depth)
-            bank = build_reference(model.model, references, config.batch_size, config.num_workers,
-                                   [str(item.image) for item in drawn[cls]])
-            few = model.with_reference(bank, config.grid, config.max_tiles)
+            references = CanvasDataset(drawn[cls], grid, run_options)
+            bank = build_reference(model.model, references, [str(item.image) for item in drawn[cls]],
+                                   progress=world().is_main)
+            few = model.with_reference(bank, run_options)
             found, seconds = metrics_by_class(few, {cls: items}, config, pixel_classes & {cls}, image)
             per_class.update(found)
             metrics_s += seconds
@@ -211,84 +98,6 @@ def few_shot_metrics(model: DHRCLIP, by_class: dict[str, list[Item]], config: Ev
                      "classes": per_class, "mean": mean_metrics(per_class)})
     averaged = {cls: mean_metrics({str(k): run["classes"][cls] for k, run in enumerate(runs)}) for cls in by_class}
     return averaged, metrics_s, runs
-
-
-def metrics_by_class(model: DHRCLIP, by_class: dict[str, list[Item]], config: EvalConfig, pixel_classes: set[str],
-                     image: bool) -> tuple[dict[str, dict[str, float | None]], float]:
-    """Metrics of every class, from one pass of batched inference over this process's shard of
-    the items. Each batch is added to its classes' accumulators on the device, so only
-    histograms leave it; the accumulators of all processes are summed at the end. Pixel
-    metrics for ``pixel_classes``. Returns the metrics (on every rank; legacy AUPRO on rank 0
-    only) and the seconds spent on them."""
-    here = world()
-    names = list(by_class)
-    starts = np.cumsum([0] + [len(by_class[c]) for c in names])
-    items = [item for c in names for item in by_class[c]]
-    mine = here.shard(len(items), config.batch_size)
-    device = model.device
-    states = {c: ClassState(PixelAccumulator(device) if c in pixel_classes else None) for c in names}
-    legacy = LegacyMaps({c: len(by_class[c]) for c in pixel_classes}) if config.aupro == "legacy" else None
-    spool = FigureSpool(config.save_path / "vis", here.rank) if config.vis else None
-    metrics_s = 0.0
-    auto = config.grid == "auto"
-    canvas = AutoGrid(model.config.patch_image_size, config.max_tiles) if auto else model.config.target_image_size
-    dataset = CanvasDataset(items[mine.start:mine.stop], canvas, bool(pixel_classes), config.bit_depth, regions=True,
-                            native_masks=True)
-    for batch in iter_batches(model.model, dataset, config.batch_size, config.num_workers, config.map_norm,
-                              desc="testing"):
-        began = time.perf_counter()
-        positions = batch.index + mine.start
-        owner = np.searchsorted(starts, positions, side="right") - 1
-        if auto:  # each map at its own image's (its mask's) size
-            sized = [_resized(m, tuple(batch.masks[k].shape) if batch.masks is not None else batch.sizes[k])
-                     for k, m in enumerate(batch.maps)]
-        for c in np.unique(owner):
-            name, rows = names[c], owner == c
-            ks = np.flatnonzero(rows)
-            on_device = torch.from_numpy(rows).to(model.device)
-            state = states[name]
-            if image:
-                state.image.update(batch.scores[rows], [items[i].anomaly for i in positions[rows]])
-            if state.pixel is not None:
-                if auto:
-                    for k in ks:
-                        state.pixel.update(sized[k][None], batch.masks[k][None], batch.region_sizes[k][None],
-                                           int(batch.regions[k]))
-                else:
-                    state.pixel.update(batch.maps[on_device], batch.masks[on_device], batch.region_sizes[on_device],
-                                       int(batch.regions[rows].sum()))
-                if legacy is not None:
-                    legacy.add(name, positions[rows] - starts[c], batch.maps[on_device], batch.masks[on_device])
-            if spool is not None:
-                with_masks = state.pixel is not None
-                if auto:
-                    spool.add(name, positions[rows], [sized[k] for k in ks], batch.scores[rows],
-                              batch.sizes[rows], [batch.masks[k] for k in ks] if with_masks else None)
-                else:
-                    spool.add(name, positions[rows], batch.maps[on_device], batch.scores[rows], batch.sizes[rows],
-                              batch.masks[on_device] if with_masks else None)
-        metrics_s += time.perf_counter() - began
-    barrier()  # waiting for the other processes' inference is inference time
-
-    began = time.perf_counter()
-    pixel_names = [c for c in names if states[c].pixel is not None]
-    if pixel_names:  # one all-reduce for every class's histograms
-        stacked = sum_across(torch.stack([states[c].pixel.state for c in pixel_names]))
-        for c, row in zip(pixel_names, stacked):
-            states[c].pixel.state = row
-    if image and here.size > 1:  # image scores are few: every rank gets all of them
-        merged = gather_all({c: states[c].image for c in names})
-        for c in names:
-            states[c].image = ImageAccumulator()
-            for part in merged:
-                states[c].image.merge(part[c])
-    legacy_values = legacy.finish() if legacy is not None else {}
-    per_class = {c: states[c].compute(config.aupro, legacy_values.get(c)) for c in names}
-    if spool is not None:
-        spool.draw([names[c] for c in np.searchsorted(starts, np.arange(len(items)), side="right") - 1], items,
-                   config.bit_depth)
-    metrics_s += time.perf_counter() - began
-    return per_class, metrics_s
 
 
 def _classes_with_masks(by_class: dict[str, list[Item]]) -> set[str]:
@@ -339,7 +148,7 @@ def evaluate(model: DHRCLIP, config: EvalConfig) -> dict:
     ``k_shot_runs`` draws, and "k_shot" holds each draw's images and metrics and the
     std over draws.
     """
-    seed_everything(config.seed)
+    seed_everything(config.run.seed)
     by_class = read_meta(config.data_path, "test", config.classes)
     dataset = config.dataset or config.data_path.resolve().name
     want_pixel = config.metrics in ("pixel-level", "image-pixel-level")
@@ -350,7 +159,7 @@ def evaluate(model: DHRCLIP, config: EvalConfig) -> dict:
         raise UserError(f"metrics pixel-level: no class of {config.data_path} has a mask for every anomalous "
                         f"image, so there is nothing to report; use metrics image-level", field="metrics")
     want_pixel = bool(pixel_classes)
-    if config.grid == "auto" and config.aupro == "legacy" and want_pixel:
+    if config.aupro == "legacy" and want_pixel and not model.grid_for(config.run).uniform:
         raise UserError("aupro legacy reproduces the reference's fixed-canvas protocol; use grid fixed with it",
                         field="aupro")
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 
 from ..config import FEATURE_CACHE_MODES
-from .distributed import processes_on_this_machine
-from ..errors import UserError
 from ..core.network import ViewFeatures
+from ..errors import UserError
+from .distributed import processes_on_this_machine
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +106,8 @@ class FeatureCache:
     def load(self, indices: torch.Tensor, device: torch.device) -> tuple[ViewFeatures, torch.Tensor, torch.Tensor]:
         parts = [slot[indices.to(slot.device)].to(device, non_blocking=True) for slot in self.slots]
         n = self.layers
+        if self.views is None:
+            raise ValueError("the feature cache is empty")
         feats = ViewFeatures(
             global_tokens=parts[:n],
             tile_tokens=[t.flatten(0, 1) for t in parts[n:2 * n]],

@@ -12,8 +12,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..data.canvases import Item
 from ..data.images import load_rgb
+from ..data.meta import Item
+from ..files import safe_component, within
 
 DISPLAY_MIN, DISPLAY_MAX = 256, 1024
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
@@ -131,10 +132,11 @@ def prediction_figure(image: np.ndarray, amap: np.ndarray, scale: ColorScale, na
     return figure(f"{name}   score {score:.3f}   {decision or 'no threshold set'}", row, scale)
 
 
-def save_test_figure(folder: Path, item: Item, amap: np.ndarray, mask: np.ndarray | None, score: float,
+def save_test_figure(path: Path, item: Item, amap: np.ndarray, mask: np.ndarray | None, score: float,
                      size: tuple[int, int], scale: ColorScale, bit_depth: int | None = None) -> None:
-    """test.py's figure of one image (EvalConfig.vis): input | heatmap | ground truth (green), at the
-    image's aspect ratio; ``scale`` is its class's, so a class's figures compare at a glance."""
+    """test.py's figure of one image (EvalConfig.vis) at ``path`` (``test_figure_path``): input |
+    heatmap | ground truth (green), at the image's aspect ratio; ``scale`` is its class's, so a
+    class's figures compare at a glance."""
     h, w = display_size(*size)
     image = np.asarray(load_rgb(item.image, bit_depth).resize((w, h)), dtype=np.uint8)
     amap = cv2.resize(amap.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
@@ -143,6 +145,19 @@ def save_test_figure(folder: Path, item: Item, amap: np.ndarray, mask: np.ndarra
         gt = cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
         row.append(("ground truth", outline(image, gt)))
     label = "anomalous" if item.anomaly else "normal"
-    name = f"{item.specie_name}_{item.image.stem}.png" if item.specie_name else f"{item.image.stem}.png"
     shown = f"{item.specie_name}/{item.image.name}" if item.specie_name else item.image.name
-    save_rgb(Path(folder) / name, figure(f"{shown}   score {score:.3f}   label {label}", row, scale))
+    save_rgb(path, figure(f"{shown}   score {score:.3f}   label {label}", row, scale))
+
+
+def test_figure_path(folder: Path, cls: str, item: Item, taken: set[Path]) -> Path:
+    """Where test.py draws an image's figure: ``folder/<class>/<defect type>_<stem>.png``, every part
+    made from the index reduced to a name that stays inside ``folder``; a name already ``taken``
+    by another image gets the next free number."""
+    stem = f"{item.specie_name}_{item.image.stem}" if item.specie_name else item.image.stem
+    path = folder / safe_component(cls) / f"{safe_component(stem)}.png"
+    k = 1
+    while path in taken:
+        k += 1
+        path = path.with_name(f"{safe_component(stem)}-{k}.png")
+    taken.add(path)
+    return within(folder, path)

@@ -22,12 +22,12 @@ from tabulate import tabulate
 
 from ..config import EvalConfig
 from ..data.datasets import DATASETS, DOMAINS, Dataset
-from ..detector.facade import DHRCLIP
-from .distributed import gather_all, world
-from ..errors import UserError
-from .evaluation import evaluate, over_defined
-from ..files import save_json
 from ..data.indexing import write_meta
+from ..detector.facade import DHRCLIP
+from ..errors import UserError
+from ..files import save_json
+from .distributed import gather_all, world
+from .evaluation import evaluate, over_defined
 
 log = logging.getLogger(__name__)
 

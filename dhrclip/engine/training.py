@@ -1,54 +1,50 @@
 """Prompt training (docs/method.md §7): the whole loop, readable in one sitting.
 
-Under torchrun each process owns a contiguous shard of the images: it encodes
-them (the expensive first epoch) and caches their features. Every step draws
-the same global batch of ``batch_size`` images as one process would; each
-process computes the loss of the images of that batch it owns, scaled by their
-share of the batch, and DistributedDataParallel sums the gradients, so each
-step's update is the single process's. A process may own none of a batch's
-images (the batch size need not divide by the number of processes); it then
-adds a zero loss so that the gradient exchange still happens.
+The batches come from ``FeatureBatches``, which hides the feature cache, the grid groups and
+the processes' shards. Under torchrun each process computes the loss of the images of each
+global batch it owns, scaled by their share of the batch, and DistributedDataParallel sums the
+gradients, so each step's update is the single process's. A process may own none of a batch's
+images (the batch size need not divide by the number of processes); it then adds a zero loss
+so that the gradient exchange still happens.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
-from tqdm import tqdm
 
-from ..detector.checkpoint import Checkpoint, latest_checkpoint, load_prompts, read_checkpoint, save_checkpoint
-from ..config import ModelConfig, TrainConfig, check_resumable
-from ..data.canvases import AutoGrid, CanvasDataset, Item, collate, has_masks, placements, read_meta, worker_count
-from ..data.images import image_shape
-from ..detector.facade import DHRCLIP, check_backbone
-from .distributed import barrier, sum_across, world
-from ..errors import UserError
-from .feature_cache import GroupedFeatureCache
+from ..config import ModelConfig, TrainConfig
 from ..core.losses import image_loss, segmentation_loss
-from ..core.network import DHRCLIPModel, ViewFeatures
+from ..core.network import DHRCLIPNetwork
 from ..core.runtime import seed_everything
-from ..core.tiling import choose_grid
+from ..data.meta import Item, has_masks, read_meta
+from ..detector.checkpoint import (
+    Checkpoint,
+    ResumeState,
+    latest_checkpoint,
+    load_prompts,
+    read_checkpoint,
+    read_resume_state,
+    save_checkpoint,
+)
+from ..detector.facade import DHRCLIP, check_backbone
+from ..detector.signature import RESUME, Signature
+from ..errors import UserError
+from .distributed import barrier, sum_across, world
+from .feature_batches import FeatureBatch, FeatureBatches
 
 log = logging.getLogger(__name__)
-
-
-def _append_log(save_path: Path, line: str) -> None:
-    with open(save_path / "log.txt", "a") as handle:
-        handle.write(line + "\n")
 
 
 def train(config: TrainConfig, model: ModelConfig | DHRCLIP | None = None) -> list[dict]:
     """Train the prompts on the test split of ``config.data_path``.
 
-    ``model``: a ``ModelConfig``, built on ``config.device`` at
-    ``config.precision`` once the data check out, or a ``DHRCLIP`` to train in
+    ``model``: a ``ModelConfig``, built on ``config.run.device`` at
+    ``config.run.precision`` once the data check out, or a ``DHRCLIP`` to train in
     place (it keeps its own device and precision; its ``checkpoint`` becomes
     the last one written). Without one: the checkpoint's settings when
     resuming, else the authors' settings. Resuming refuses other settings.
@@ -58,175 +54,139 @@ def train(config: TrainConfig, model: ModelConfig | DHRCLIP | None = None) -> li
     Returns, for each epoch run: {"epoch", "loss" (mean over steps),
     "seconds", "images"}.
     """
-    here = world()
-    generator = seed_everything(config.seed)
-    save_path = config.save_path
+    here, run = world(), config.run
+    generator = seed_everything(run.seed)
+    items = _training_items(config)
+    resume = _resume_point(config.resume)
+    if resume is not None and resume[1].epoch >= config.epochs:
+        raise UserError(f"{resume[0].path} has trained {resume[1].epoch} epoch(s) already, and epochs is "
+                        f"{config.epochs}: nothing is left to train; give more epochs", field="epochs")
+    _claim(config)
+    if not isinstance(model, DHRCLIP):
+        model = DHRCLIP.create(model or (resume[0].config if resume else None), device=run.device,
+                               precision=run.precision)
+    net = model.model
+    optimizer = torch.optim.Adam(net.prompt_learner.parameters(), lr=config.learning_rate, betas=(0.5, 0.999))
+    start = _restore(resume, model, optimizer, generator, config) if resume else 1
+    prompts = net.prompt_learner if here.size == 1 else DistributedDataParallel(
+        net.prompt_learner, device_ids=[net.device] if net.device.type == "cuda" else None)
+    cache_folder = config.save_path / "feature_cache" / (f"rank{here.rank}" if here.size > 1 else "")
+    history: list[dict] = []
+    with FeatureBatches(net, items, model.grid_for(run), run, config.feature_cache, cache_folder, here) as batches:
+        for epoch in range(start, config.epochs + 1):
+            began, total, steps = time.perf_counter(), torch.zeros(1, dtype=torch.float64), 0
+            net.train()
+            for steps, batch in enumerate(batches.epoch(generator, f"epoch {epoch}/{config.epochs}"), start=1):
+                text = net.text_features(prompts())  # fp32: the prompts change every step
+                loss = _loss(net, batch, text, config.image_loss_weight)
+                if not math.isfinite(loss.item()):
+                    raise UserError(f"the loss became {loss.item()} at epoch {epoch}, step {steps}; training "
+                                    f"stopped, the last good checkpoint is kept in {config.save_path}")
+                optimizer.zero_grad(set_to_none=True)
+                (loss * here.size).backward()  # DistributedDataParallel averages over ranks; the shares sum
+                optimizer.step()
+                total += loss.item()
+            history.append({"epoch": epoch, "loss": float(sum_across(total)) / max(steps, 1),
+                            "seconds": time.perf_counter() - began, "images": len(items)})
+            _report(history[-1], config)
+            if epoch % config.save_freq == 0 or epoch == config.epochs:
+                _save(model, optimizer, generator, epoch, config)
+    return history
+
+
+def _claim(config: TrainConfig) -> None:
+    """Make ``save_path`` this run's: a folder holding another run's checkpoints is refused (its later
+    epochs would pass for this run's), unless this run continues it or ``overwrite`` replaces it."""
+    here, folder = world(), config.save_path
+    previous = sorted(folder.glob("epoch_*.pth"))
+    continuing = config.resume is not None and folder.resolve() == config.resume.resolve()
+    if previous and not continuing:
+        if not config.overwrite:
+            raise UserError(f"{folder} holds a previous run ({', '.join(p.name for p in previous[:3])}"
+                            f"{', ...' if len(previous) > 3 else ''}); continue it with `resume`, choose another "
+                            f"save_path, or set `overwrite` to replace it", field="save_path")
+        barrier()  # every rank has looked before rank 0 removes anything
+        if here.is_main:
+            for path in [*previous, folder / "log.txt"]:
+                path.unlink(missing_ok=True)
+            log.info("removed the previous run's %d checkpoint(s) from %s", len(previous), folder)
+    barrier()
+    folder.mkdir(parents=True, exist_ok=True)
+
+
+def _loss(net: DHRCLIPNetwork, batch: FeatureBatch | None, text: torch.Tensor, image_weight: float) -> torch.Tensor:
+    """This process's share of the global batch's mean loss (docs/method.md §7); zero when it owns
+    none of the batch, which keeps the gradient exchange going."""
+    if batch is None:
+        return text.sum() * 0.0
+    loss = segmentation_loss(net.layer_maps(batch.feats, text), batch.masks)
+    if image_weight:
+        loss = loss + image_weight * image_loss(batch.feats.global_embedding, text, batch.labels)
+    return loss * batch.share
+
+
+def _training_items(config: TrainConfig) -> list[Item]:
+    """Every item of the test split, refused unless every anomalous image has its mask."""
     by_class = read_meta(config.data_path, "test")
     items = [item for cls in by_class for item in by_class[cls]]
     if not has_masks(items):
         missing = next(item.image for item in items if item.anomaly and not item.masks)
         raise UserError(f"training needs a mask for every anomalous image, and {missing} has none; "
                         f"train on a dataset with ground truth (e.g. MVTec AD or VisA)")
-    resume = _resume_point(config.resume)
-    if not isinstance(model, DHRCLIP):
-        model = DHRCLIP.create(model or (resume.config if resume else None), device=config.device,
-                               precision=config.precision)
-    net = model.model
-    device = net.device
-    save_path.mkdir(parents=True, exist_ok=True)
-    optimizer = torch.optim.Adam(net.prompt_learner.parameters(), lr=config.learning_rate, betas=(0.5, 0.999))
-
-    start_epoch = 1
-    if resume is not None:
-        if resume.config is not None:
-            check_resumable(net.config, resume.config)
-            check_backbone(net.config, resume.config)
-        load_prompts(net.prompt_learner, resume)
-        optimizer.load_state_dict(resume.state["optimizer"])
-        generator.set_state(resume.state["generator"])
-        start_epoch = int(resume.state["epoch"]) + 1
-        log.info("resuming from %s at epoch %d", resume.path, start_epoch)
-
-    owned = here.shard(len(items))
-    groups = _grid_groups(items, net.config.patch_image_size, config)
-    canvas = (AutoGrid(net.config.patch_image_size, config.max_tiles) if config.grid == "auto"
-              else net.config.target_image_size)
-    dataset = CanvasDataset(items[owned.start:owned.stop], canvas, bit_depth=config.bit_depth)
-    cache_folder = save_path / "feature_cache" / (f"rank{here.rank}" if here.size > 1 else "")
-    cache = None if config.feature_cache == "off" else GroupedFeatureCache(
-        config.feature_cache, groups[owned.start:owned.stop], device, cache_folder)
-    prompts = net.prompt_learner if here.size == 1 else DistributedDataParallel(
-        net.prompt_learner, device_ids=[device] if device.type == "cuda" else None)
-    history: list[dict] = []
     log.info("training on %s: %d images of %d classes from %s, %d epochs", config.dataset or
              config.data_path.resolve().name, len(items), len(by_class), config.data_path, config.epochs)
-    try:
-        for epoch in range(start_epoch, config.epochs + 1):
-            started = time.perf_counter()
-            batches = _local_batches(torch.randperm(len(items), generator=generator), config.batch_size, owned,
-                                     groups)
-            net.train()
-            total = torch.zeros(1, dtype=torch.float64)
-            for step, ((local, size), loaded) in enumerate(
-                    zip(batches, tqdm(_batches(net, dataset, [b for b, _ in batches], cache, config.num_workers),
-                                      total=len(batches), desc=f"epoch {epoch}/{config.epochs}", leave=False,
-                                      disable=None if here.is_main else True)), start=1):
-                text = net.text_features(prompts())  # fp32: the prompts change every step
-                if loaded is None:  # none of this global batch is ours: a zero loss keeps the exchange going
-                    loss = text.sum() * 0.0
-                else:
-                    feats, masks, labels = loaded
-                    loss = segmentation_loss(net.layer_maps(feats, text), masks)
-                    if config.image_loss_weight:
-                        loss = loss + config.image_loss_weight * image_loss(feats.global_embedding, text, labels)
-                    if not math.isfinite(loss.item()):
-                        raise UserError(f"the loss became {loss.item()} at epoch {epoch}, step {step}; training "
-                                        f"stopped, the last good checkpoint is kept in {save_path}")
-                    loss = loss * (len(local) / size)  # this rank's share of the global batch mean
-                optimizer.zero_grad(set_to_none=True)
-                (loss * here.size).backward()  # DistributedDataParallel averages over ranks; the shares sum
-                optimizer.step()
-                total += loss.item()
-            mean = float(sum_across(total)) / max(len(batches), 1)
-            seconds = time.perf_counter() - started
-            history.append({"epoch": epoch, "loss": mean, "seconds": seconds, "images": len(items)})
-            if epoch % config.print_freq == 0 and here.is_main:
-                line = f"epoch [{epoch}/{config.epochs}], loss:{mean:.4f}, {len(items) / seconds:.1f} images/s"
-                log.info(line)
-                _append_log(save_path, line)
-            if (epoch % config.save_freq == 0 or epoch == config.epochs) and here.is_main:
-                save_checkpoint(save_path / f"epoch_{epoch}.pth", {
-                    **model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "generator": generator.get_state(),
-                    "epoch": epoch,
-                    "train_config": config.to_dict(),
-                })
-            if epoch % config.save_freq == 0 or epoch == config.epochs:
-                barrier()  # every rank's model.checkpoint names a file that exists
-                model.checkpoint = save_path / f"epoch_{epoch}.pth"
-    finally:
-        if cache is not None:
-            cache.close()
-            if here.size > 1:
-                with contextlib.suppress(OSError):  # the shared feature_cache/ folder, once every rank's is gone
-                    cache_folder.parent.rmdir()
-    return history
+    return items
 
 
-def _resume_point(folder: Path | None) -> Checkpoint | None:
-    """The checkpoint to resume from, checked before any work starts."""
+def _report(epoch: dict, config: TrainConfig) -> None:
+    """The epoch's loss and speed, in the log and in save_path/log.txt (rank 0)."""
+    if epoch["epoch"] % config.print_freq or not world().is_main:
+        return
+    line = (f"epoch [{epoch['epoch']}/{config.epochs}], loss:{epoch['loss']:.4f}, "
+            f"{epoch['images'] / epoch['seconds']:.1f} images/s")
+    log.info(line)
+    with open(config.save_path / "log.txt", "a") as handle:
+        handle.write(line + "\n")
+
+
+def _save(model: DHRCLIP, optimizer: torch.optim.Optimizer, generator: torch.Generator, epoch: int,
+          config: TrainConfig) -> None:
+    """epoch_N.pth with what test, predict and resume need (rank 0 writes; every rank's
+    ``model.checkpoint`` then names it)."""
+    path = config.save_path / f"epoch_{epoch}.pth"
+    if world().is_main:
+        save_checkpoint(path, {**model.state_dict(), "optimizer": optimizer.state_dict(),
+                               "generator": generator.get_state(), "epoch": epoch, "train_config": config.to_dict()})
+    barrier()
+    model.checkpoint = path
+
+
+def _resume_point(folder: Path | None) -> tuple[Checkpoint, ResumeState] | None:
+    """The checkpoint to resume from and its training state, checked before any work starts."""
     if folder is None:
         return None
     last = latest_checkpoint(folder)
     if last is None:
         raise UserError(f"resume {folder}: no epoch_N.pth to resume from", field="resume")
-    state = read_checkpoint(last)
-    if "optimizer" not in state.state or "generator" not in state.state:
-        raise UserError(f"{last} has no optimizer state (not written by this train.py); cannot resume from it",
-                        field="resume")
-    return state
+    checkpoint = read_checkpoint(last)
+    return checkpoint, read_resume_state(checkpoint)
 
 
-def _grid_groups(items: list[Item], tile: int, config: TrainConfig) -> list[int]:
-    """Each image's group: images of one group share a canvas (with ``grid="auto"``, a tile grid
-    read from the image headers; one group on the fixed canvas)."""
-    if config.grid == "fixed":
-        return [0] * len(items)
-    grids = [choose_grid(*image_shape(item.image), tile, config.max_tiles) for item in items]
-    names = {g: k for k, g in enumerate(sorted(set(grids)))}
-    log.info("grid auto: %s", ", ".join(f"{grids.count(g)} images on {g[0]}x{g[1]} tiles" for g in names))
-    return [names[g] for g in grids]
-
-
-def _global_batches(order: torch.Tensor, batch_size: int, groups: list[int]) -> list[torch.Tensor]:
-    """``order`` cut into batches of ``batch_size`` images of one group: each group's images in
-    their order in ``order``, batches ranked by where their first image falls in it. With one
-    group this is ``order.split(batch_size)``."""
-    if len(set(groups)) <= 1:
-        return list(order.split(batch_size))
-    group = torch.tensor(groups)[order]
-    batches = [chunk for g in group.unique() for chunk in order[group == g].split(batch_size)]
-    rank = torch.empty_like(order)
-    rank[order] = torch.arange(len(order))
-    return sorted(batches, key=lambda b: int(rank[b[0]]))
-
-
-def _local_batches(order: torch.Tensor, batch_size: int, owned: range,
-                   groups: list[int]) -> list[tuple[torch.Tensor, int]]:
-    """The global batches of ``order`` (as one process draws them), each as the positions of its
-    images in this rank's shard ``owned`` and the global batch's size."""
-    batches = []
-    for batch in _global_batches(order, batch_size, groups):
-        mine = batch[(batch >= owned.start) & (batch < owned.stop)] - owned.start
-        batches.append((mine, len(batch)))
-    return batches
-
-
-def _batches(model: DHRCLIPModel, dataset: CanvasDataset, batches: list[torch.Tensor],
-             cache: GroupedFeatureCache | None,
-             num_workers: int | str) -> Iterator[tuple[ViewFeatures, torch.Tensor, torch.Tensor] | None]:
-    """Yield (view features, masks, labels) per batch, from the cache once it is full; None for
-    an empty batch."""
-    device = model.device
-    if cache is not None and cache.complete:
-        for indices in batches:
-            yield cache.load(indices, device) if len(indices) else None
-        return
-    filled = [indices for indices in batches if len(indices)]
-    loader = iter(DataLoader(dataset, batch_sampler=filled, num_workers=worker_count(num_workers, len(dataset)),
-                             pin_memory=device.type == "cuda", persistent_workers=False, collate_fn=collate))
-    for indices in batches:
-        if not len(indices):
-            yield None
-            continue
-        batch = next(loader)
-        images = batch["image"].to(device, non_blocking=True)
-        masks = batch["mask"].to(device, non_blocking=True)
-        labels = batch["label"].to(device, non_blocking=True)
-        placed = placements(batch)
-        tiles = model.grid(placed[0].rows, placed[0].cols) if placed else None
-        feats = model.encode_views(images, tiles, placed)
-        if cache is not None:
-            cache.store(indices, feats, masks, labels, feats.tiles.count)
-        yield feats, masks, labels
+def _restore(resume: tuple[Checkpoint, ResumeState], model: DHRCLIP, optimizer: torch.optim.Optimizer,
+             generator: torch.Generator, config: TrainConfig) -> int:
+    """Load the prompts, optimizer and generator of the run being resumed; the first epoch to run."""
+    checkpoint, state = resume
+    net = model.model
+    if checkpoint.config is not None:
+        record = model.grid_for(config.run).record()
+        Signature(checkpoint.config, record).check(Signature(net.config, record), RESUME, str(checkpoint.path))
+        check_backbone(net.config, checkpoint.config)
+    load_prompts(net.prompt_learner, checkpoint)
+    try:
+        optimizer.load_state_dict(state.optimizer)
+        generator.set_state(state.generator)
+    except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as exc:
+        raise UserError(f"checkpoint {checkpoint.path}: its optimizer or generator state does not fit this run "
+                        f"({str(exc).splitlines()[0][:120]}); cannot resume from it", field="resume") from exc
+    log.info("resuming from %s at epoch %d", checkpoint.path, state.epoch + 1)
+    return state.epoch + 1

@@ -1,5 +1,5 @@
 """The inspection page over HTTP: Starlette on uvicorn, one static page (``dhrclip/static``) and a
-JSON API on an ``Inspector`` (``dhrclip/inspection.py``), which does the work.
+JSON API on an ``Inspector`` (``page/inspector.py``), which does the work.
 
 The page has no login. It binds the loopback address unless told otherwise, answers only to the
 names it is reached under (another site's DNS name rebound to this machine is refused), and refuses
@@ -91,11 +91,10 @@ class _Guard:
             return name in self.names
 
 
-def _number(request: Request, name: str, required: bool = False) -> float | None:
+def _number(request: Request, name: str) -> float | None:
+    """The query parameter ``name`` as a finite number, or None when it is not given."""
     value = request.query_params.get(name, "")
     if value == "":
-        if required:
-            raise HTTPException(400, f"{name} is required")
         return None
     try:
         number = float(value)
@@ -103,6 +102,13 @@ def _number(request: Request, name: str, required: bool = False) -> float | None
         raise HTTPException(400, f"{name} must be a number, got {value!r}") from None
     if not math.isfinite(number):
         raise HTTPException(400, f"{name} must be a finite number")
+    return number
+
+
+def _required(request: Request, name: str) -> float:
+    number = _number(request, name)
+    if number is None:
+        raise HTTPException(400, f"{name} is required")
     return number
 
 
@@ -197,7 +203,7 @@ def create_app(inspector: Inspector, host: str = "127.0.0.1") -> Starlette:
         return JSONResponse({"ok": True})
 
     def figure(request: Request) -> Response:  # sync: Starlette runs it in a thread
-        low, high = _number(request, "low", required=True), _number(request, "high", required=True)
+        low, high = _required(request, "low"), _required(request, "high")
         png = inspector.figure_png(int(request.path_params["entry"]), low, high, _number(request, "pixel_threshold"))
         if png is None:
             raise HTTPException(404, "no such result")
@@ -215,7 +221,7 @@ def create_app(inspector: Inspector, host: str = "127.0.0.1") -> Starlette:
         return _download(handle, "application/zip", "maps.zip")
 
     def threshold_json(request: Request) -> Response:
-        image_t, pixel_t = _number(request, "image_threshold", required=True), _number(request, "pixel_threshold")
+        image_t, pixel_t = _required(request, "image_threshold"), _number(request, "pixel_threshold")
         return JSONResponse(inspector.threshold_file(image_t, pixel_t),
                             headers={"Content-Disposition": 'attachment; filename="threshold.json"'})
 
@@ -225,8 +231,9 @@ def create_app(inspector: Inspector, host: str = "127.0.0.1") -> Starlette:
             raise HTTPException(404, "no uploaded reference")
         return _download(handle, "application/octet-stream", "reference.safetensors")
 
-    async def http_error(request: Request, exc: HTTPException) -> Response:
-        return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
+    async def http_error(request: Request, exc: Exception) -> Response:
+        status = exc.status_code if isinstance(exc, HTTPException) else 500
+        return JSONResponse({"error": getattr(exc, "detail", str(exc))}, status_code=status)
 
     async def server_error(request: Request, exc: Exception) -> Response:
         log.exception("request %s failed", request.url.path, exc_info=exc)

@@ -10,8 +10,31 @@ from pathlib import Path
 from types import ModuleType
 
 from ...errors import UserError
-from . import (br35h, brainmri, btad, clinicdb, colondb, dagm, dtd_synthetic, endo, eyecandies, headct, isic, ksdd,
-               ksdd2, kvasir, mpdd, mvtec, mvtec3d, mvtec_ad2, mvtec_loco, realiad, sdd, tn3k, visa)
+from . import (
+    br35h,
+    brainmri,
+    btad,
+    clinicdb,
+    colondb,
+    dagm,
+    dtd_synthetic,
+    endo,
+    eyecandies,
+    headct,
+    isic,
+    ksdd,
+    ksdd2,
+    kvasir,
+    mpdd,
+    mvtec,
+    mvtec3d,
+    mvtec_ad2,
+    mvtec_loco,
+    realiad,
+    sdd,
+    tn3k,
+    visa,
+)
 
 DOMAINS = ("industrial", "medical")
 LITERATURE_LINKS = "https://github.com/zqhang/AnomalyCLIP (the download links of its README)"

@@ -22,6 +22,7 @@ CLASS = "brain"
 def index(root: Path, classes: list[str] | None = None) -> dict:
     idx = Index(root, "brainmri", classes)
     outer, _ = find_folder(idx.root, "brain_tumor_dataset")
+    source: Path | None
     if outer is not None:
         source = outer / "brain_tumor_dataset"
         for name in ("yes", "no"):

@@ -29,8 +29,8 @@ def index(root: Path, classes: list[str] | None = None) -> dict:
         for label in sorted(p for p in (folder / "test").iterdir() if p.is_dir()):
             anomaly = int(label.name != "good")
             for image in images_in(label):
-                masks = folder / "ground_truth" / label.name / image.stem  # one folder of masks per image
-                masks = images_in(masks) if anomaly and masks.is_dir() else []
+                mask_folder = folder / "ground_truth" / label.name / image.stem  # one folder of masks per image
+                masks = images_in(mask_folder) if anomaly and mask_folder.is_dir() else []
                 if anomaly and not masks:
                     idx.skip("anomalous images without a ground_truth/<defect>/<image>/ folder", cls=cls)
                     continue

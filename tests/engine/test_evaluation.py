@@ -1,0 +1,57 @@
+"""test.py's work: testing a checkpoint end to end, few-shot draws, protocol refusals."""
+from __future__ import annotations
+
+import pytest
+from conftest import SMALL, settings, train_small
+
+from dhrclip import DHRCLIP, EvalConfig, cli, evaluate
+from dhrclip.detector.checkpoint import read_checkpoint
+
+
+def test_trained_checkpoint_is_tested_end_to_end(tmp_path, clip_file, source_data, target_data):
+    train_small(source_data, tmp_path / "ckpt", clip_file, epochs=2)
+    ckpt = read_checkpoint(tmp_path / "ckpt")
+    assert ckpt.state["epoch"] == 2 and ckpt.config.depth == 3
+    model = DHRCLIP.from_checkpoint(tmp_path / "ckpt", device="cpu")
+    config = dict(data_path=target_data, save_path=tmp_path / "res", batch_size=4, num_workers=0)
+    results = evaluate(model, settings(EvalConfig, **config, vis=True))
+    assert all(0.0 <= v <= 1.0 for v in results["mean"].values())
+    assert "mean" in (tmp_path / "res" / "log.txt").read_text()
+    figures = sorted((tmp_path / "res" / "vis" / "ring").glob("*.png"))
+    assert len(figures) == 7 and any(f.name.startswith("good_") for f in figures)
+
+    legacy = evaluate(model, settings(EvalConfig, **config, aupro="legacy", metrics="pixel-level", classes=["ring"]))
+    assert list(legacy["classes"]) == ["ring"]
+    ring, exact_ring = legacy["classes"]["ring"], results["classes"]["ring"]
+    assert ring["image_auroc"] is None and ring["pixel_auroc"] == pytest.approx(exact_ring["pixel_auroc"])
+    assert ring["pixel_aupro"] is not None and ring["pixel_aupro"] != exact_ring["pixel_aupro"]
+
+
+def test_auto_refuses_legacy_aupro(painted, tmp_path):
+    from dhrclip.errors import UserError
+
+    checkpoint, data = painted
+    model = DHRCLIP.from_checkpoint(checkpoint, device="cpu")
+    with pytest.raises(UserError, match="legacy") as info:
+        evaluate(model, settings(EvalConfig, data_path=data, save_path=tmp_path, grid="auto", aupro="legacy"))
+    assert info.value.field == "aupro"
+
+
+def test_k_shot_beyond_the_train_split_is_a_clear_error(with_train_split, checkpoint, tmp_path, capsys):
+    _, test_root = with_train_split
+    with pytest.raises(SystemExit) as done:
+        cli.test_main(["--data_path", str(test_root), "--checkpoint_path", str(checkpoint), "--save_path",
+                       str(tmp_path), "--k_shot", "5", *SMALL])
+    assert done.value.code == 2
+    err = capsys.readouterr().err
+    assert "--k_shot 5" in err and "only 4 good train image(s)" in err and "checker" in err
+
+
+def test_a_class_draws_the_same_references_whichever_classes_are_tested(with_train_split):
+    from dhrclip.engine.evaluation import draw_references
+
+    _, test_root = with_train_split
+    config = settings(EvalConfig, data_path=test_root, k_shot=2)
+    alone = draw_references(config, ["ring"], 5)["ring"]
+    assert draw_references(config, ["checker", "ring"], 5)["ring"] == alone
+    assert draw_references(config, ["ring", "checker"], 5)["ring"] == alone
