@@ -5,7 +5,9 @@ it without loading the model stack.
 """
 from __future__ import annotations
 
+import glob
 import hashlib
+import io
 import json
 import os
 import pickle
@@ -15,34 +17,81 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
+
 from .errors import UserError
 
 _FINGERPRINT_CHUNK = 1 << 20
 _ARCHIVE_SLACK = 1 << 20  # zip headers and small compressed records
 
 
+TEMPORARY_SUFFIX = ".dhrclip-tmp"  # what ``atomic_write``'s temporary files end with, and nothing else
+
+
 def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
-    """Write through ``write(file_object)`` into a temporary file, then rename over ``path``,
-    so a crash or kill leaves either the old file or the new one, never half of one."""
+    """Write through ``write(file_object)`` into a temporary file beside ``path``, then rename
+    over ``path``, so a crash or kill leaves either the old file or the new one, never half of
+    one. A failed write (a full disk, a read-only folder) removes the temporary file and ends
+    in one ``UserError`` naming ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp: str | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent)
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give what any new file gets
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        cause = os_error(exc)
+        if cause is None:
+            raise
+        raise UserError(f"cannot write {path}: {cause.strerror or cause}") from exc
+
+
+def os_error(exc: BaseException) -> OSError | None:
+    """The operating system's refusal behind ``exc``, if any: ``exc`` itself or an error it was
+    raised from (torch.save reports a failed write as a RuntimeError raised from the OSError)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def remove_temporaries(folder: Path, name: str = "*", recursive: bool = False) -> int:
+    """Remove the temporary files that interrupted writes of ``atomic_write`` (a killed run) left
+    in ``folder`` (and below it, if ``recursive``) for files named ``name`` (any by default).
+    Returns how many. Call it at the start of a run, before anything of that run is written."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    pattern = f".{glob.escape(name) if name != '*' else '*'}.*{TEMPORARY_SUFFIX}"
+    found = list(folder.rglob(pattern) if recursive else folder.glob(pattern))
+    for stale in found:
+        stale.unlink(missing_ok=True)
+    return len(found)
 
 
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def save_npy(path: Path, array: np.ndarray) -> None:
+    """``array`` as a .npy file, written atomically and in one write (numpy's own file writes
+    report a full disk without the system's reason)."""
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    atomic_write(path, lambda f: f.write(buffer.getbuffer()))
 
 
 def save_json(path: Path, data: dict) -> None:
@@ -105,8 +154,8 @@ def _check_archive(path: Path, what: str) -> None:
         raise UserError(f"cannot read {what} {path}: corrupt ({exc})") from exc
     size = path.stat().st_size
     if declared > size + _ARCHIVE_SLACK:
-        raise UserError(f"refused to load {what} {path}: it declares {declared / 1e6:.0f} MB of data in a file of "
-                        f"{size / 1e6:.1f} MB (a compressed archive, which PyTorch does not write)")
+        raise UserError(f"refused to load {what} {path}: it declares {declared / 1e6:,.0f} MB of data in a file of "
+                        f"{size / 1e6:,.3g} MB (a compressed archive, which PyTorch does not write)")
 
 
 _SAFE = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-+=,@ ()[]")

@@ -51,7 +51,8 @@ def _app(args: argparse.Namespace) -> None:
         thresholds = saved.thresholds
     settings = AppSettings(run=config.run, thresholds=thresholds,
                            limits=Limits(max_file_bytes=int(config.max_upload_mb * 2**20),
-                                         max_pixels=int(config.run.max_megapixels * 1e6)))
+                                         max_pixels=config.run.max_pixels,
+                                         max_work_bytes=int(config.max_work_gb * 2**30)))
     if config.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("listening on %s: the page has no login, so anyone who reaches it can upload images",
                     config.host)

@@ -4,15 +4,18 @@ is immediate; the library is imported once the flags are parsed."""
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import re
+import signal
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..config import ModelConfig, ResolvedConfig, RunOptions, is_bank_file
 from ..errors import UserError
+from ..files import os_error
 from .flags import add_settings, aliases, given_settings, path_arg
 
 if TYPE_CHECKING:  # annotations only: --help must not import torch
@@ -86,13 +89,17 @@ def with_reference(model: DHRCLIP, reference: str, run: RunOptions) -> DHRCLIP:
 
 def run(main: Callable[[argparse.Namespace], object], parser: argparse.ArgumentParser,
         argv: list[str] | None = None) -> None:
-    """Parse flags and run ``main``; user mistakes end as one line on stderr with status 2."""
+    """Parse flags and run ``main``; user mistakes, and failures of the machine rather than of the
+    program (a full disk, CUDA memory, a process of the job lost), end as one line on stderr with
+    status 2."""
     args = parser.parse_args(argv)
     debug = getattr(args, "debug", False)
     rank, processes = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     level = logging.DEBUG if debug else logging.INFO if rank == 0 else logging.WARNING  # torchrun: rank 0 reports
     logging.basicConfig(level=level, datefmt="%H:%M:%S",
                         format=f"%(asctime)s {f'[rank {rank}] ' if processes > 1 else ''}%(levelname)s %(message)s")
+    if processes > 1:  # torchrun ends the other processes with SIGTERM when one fails
+        signal.signal(signal.SIGTERM, _stopped_by_torchrun)
     try:
         main(args)
     except UserError as exc:
@@ -102,15 +109,45 @@ def run(main: Callable[[argparse.Namespace], object], parser: argparse.ArgumentP
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except _Terminated:
+        fail(f"process {rank} of {processes} stopped: torchrun ended it, as it ends every process of a job once "
+             f"one has failed; the failed one's error is above, and torchrun's summary names its rank")
     except Exception as exc:
-        if debug or type(exc).__name__ != "OutOfMemoryError":
+        message = None if debug else machine_failure(exc, getattr(args, "batch_size", None), rank, processes)
+        if message is None:
             raise
-        fail(f"CUDA ran out of memory at --batch_size {getattr(args, 'batch_size', '?')}; "
-             f"try a smaller --batch_size")
+        fail(message)
     finally:
         if "torch.distributed" in sys.modules:
             from ..engine.distributed import stop
             stop()
+
+
+class _Terminated(Exception):
+    """SIGTERM under torchrun, raised where the process is so that it unwinds (and cleans up)."""
+
+
+def _stopped_by_torchrun(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
+_MACHINE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO,
+                   errno.ENAMETOOLONG}
+_PEER_LOST = re.compile(r"connection (reset|closed) by peer|broken pipe|gloo|nccl", re.IGNORECASE)
+
+
+def machine_failure(exc: Exception, batch_size: int | None, rank: int, processes: int) -> str | None:
+    """The one-line message for a failure of the machine rather than of the program, or None."""
+    if type(exc).__name__ == "OutOfMemoryError":
+        return f"CUDA ran out of memory at --batch_size {batch_size}; try a smaller --batch_size"
+    cause = os_error(exc)
+    if cause is not None and cause.errno in _MACHINE_ERRNOS:
+        return f"{cause.strerror}: {cause.filename}" if cause.filename else f"{cause.strerror} ({exc})"
+    if processes > 1 and isinstance(exc, RuntimeError) and _PEER_LOST.search(str(exc)):
+        lost = f"process {1 - rank}" if processes == 2 else "another process"
+        return (f"process {rank} of {processes} stopped: {lost} of this torchrun job died while they exchanged "
+                f"results; its own error, if it left one, is above, and torchrun's summary names its exit code")
+    return None
 
 
 def fail(message: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
+from pathlib import PurePath
 from typing import Any
 
 from ..errors import UserError
@@ -136,6 +137,14 @@ class ModelConfig:
             if f.name not in ignore and getattr(self, f.name) != getattr(other, f.name):
                 return f.name
         return None
+
+    def shared(self) -> ModelConfig:
+        """These settings as a file given to others records them: a weights file by its name
+        alone (its fingerprint still identifies it), so the file does not show this machine's
+        folders."""
+        if self.weights_fingerprint is None:  # a tag, not a file
+            return self
+        return replace(self, pretrained=PurePath(self.pretrained).name)
 
     def same_weights(self, other: ModelConfig) -> bool:
         """Whether both name the same weights: by fingerprint when either has one (a file), else by tag."""

@@ -198,8 +198,8 @@ class PredictConfig:
     on_error: str = setting("skip", choices=ON_ERROR,
                             help="an unreadable image: skip it with an error row (exit status 3 at the end) or stop "
                                  "(exit 2)")
-    overwrite: bool = setting(False, help="replace a previous run's outputs in `save_path` (without it such a folder "
-                                          "is refused)")
+    overwrite: bool = setting(False, help="replace a previous run's outputs in `save_path` and an existing "
+                                          "`save_reference` file (without it either is refused)")
     figure_scale: str = setting("run", choices=FIGURE_SCALES,
                                 help="heatmap colours: one scale for the whole run, or one per image; either is "
                                      "widened to put the pixel threshold in the middle when there is one")
@@ -258,10 +258,13 @@ class PageConfig:
                                           "network you trust")
     port: int = setting(7860, help="port to listen on (0: any free one)")
     max_upload_mb: float = setting(50.0, help="largest image file the page takes, in MB")
+    max_work_gb: float = setting(5.0, help="disk the page's uploads and results may take, in GB; images beyond it "
+                                           "are refused until the page is cleared")
     run: RunOptions = setting(factory=page_run)
 
     def __post_init__(self) -> None:
         require(self.max_upload_mb > 0, "max_upload_mb", f"must be positive, got {self.max_upload_mb}")
+        require(self.max_work_gb > 0, "max_work_gb", f"must be positive, got {self.max_work_gb}")
 
 
 @dataclass

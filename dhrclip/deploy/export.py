@@ -24,7 +24,7 @@ from ..detector.bank import check_bank
 from ..detector.facade import DHRCLIP
 from ..detector.results import NO_THRESHOLDS, Thresholds
 from ..errors import UserError
-from ..files import atomic_write
+from ..files import TEMPORARY_SUFFIX, atomic_write, remove_temporaries
 from .metadata import EXPORT_PRECISIONS, OnnxMetadata
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,8 @@ def export_onnx(model: DHRCLIP, output: Path, thresholds: Thresholds = NO_THRESH
     meta = OnnxMetadata(__version__, replace(signature, checkpoint=checkpoint), size, precision, thresholds,
                         model.reference_sources)
     log.info("exporting to %s (opset %d, %s)", output, opset, precision)
-    handle, traced = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".trace", dir=output.parent)
+    remove_temporaries(output.parent, output.name)  # of an export into this file that was killed
+    handle, traced = tempfile.mkstemp(prefix=f".{output.name}.", suffix=f".trace{TEMPORARY_SUFFIX}", dir=output.parent)
     os.close(handle)
     try:
         with torch.no_grad():

@@ -83,7 +83,11 @@ def iter_batches(model: DHRCLIPNetwork, dataset: CanvasDataset, map_norm: str = 
         finite = torch.stack([torch.isfinite(m).all() for m in maps]) & torch.isfinite(scores)
         if not bool(finite.all()):
             bad = dataset.describe(int(index[int((~finite).nonzero()[0])]))
-            raise UserError(f"the anomaly map of {bad} contains NaN or Inf; try precision fp32", field="precision")
+            if model.precision != torch.float32:
+                raise UserError(f"the anomaly map of {bad} contains NaN or Inf at "
+                                f"{str(model.precision).removeprefix('torch.')}; try precision fp32", field="precision")
+            raise UserError(f"the anomaly map of {bad} contains NaN or Inf in fp32: the weights or the prompts hold "
+                            f"values out of range; check that pretrained and the checkpoint are the files meant")
         truth = {k: _per_image(batch[k], keep, device) for k in ("mask", "region_sizes") if k in batch}
         yield BatchOutput(index=index, maps=maps, scores=scores.cpu().numpy(), sizes=sizes,
                           masks=truth.get("mask"), errors=errors, region_sizes=truth.get("region_sizes"),

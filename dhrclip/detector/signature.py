@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import PurePath
 from typing import Any
 
 from ..config import DEFAULT_MAX_TILES, FIXED_GRID, GRID_MODES, ModelConfig
@@ -104,6 +105,13 @@ class Signature:
         if scope.checkpoint is not None and self.checkpoint_fingerprint != current.checkpoint_fingerprint:
             raise UserError(scope.checkpoint.format(where=where, recorded=self.checkpoint, current=current.checkpoint),
                             field=scope.field)
+
+    def shared(self) -> Signature:
+        """This signature as a file given to others records it: the checkpoint and the weights by
+        their file names, so the file does not show this machine's folders (the fingerprints,
+        which checks compare, are kept)."""
+        return replace(self, config=self.config.shared() if self.config is not None else None,
+                       checkpoint=PurePath(self.checkpoint).name if self.checkpoint else None)
 
     def to_dict(self) -> dict[str, Any]:
         """The record artifacts store (threshold files, ONNX metadata)."""

@@ -6,6 +6,7 @@ later epochs read it and cost only the text encoder, the maps and the loss.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -30,12 +31,44 @@ def _host_bytes_available() -> int:
         return 0
 
 
+def _disk_bytes_available(folder: Path) -> int:
+    """Free bytes on the disk that holds (or will hold) ``folder``."""
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
+    try:
+        return shutil.disk_usage(existing).free
+    except OSError:
+        return 0
+
+
+def _reserve(file: Path, size: int) -> None:
+    """Create ``file`` with ``size`` bytes allocated on disk. A memory-mapped file that is only
+    truncated to its size gets its blocks as it is written, and a full disk then kills the
+    process with a bus error; reserving them first turns it into one line here."""
+    try:
+        with open(file, "wb") as handle:
+            if size == 0:
+                return
+            try:
+                os.posix_fallocate(handle.fileno(), 0, size)
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                    raise
+                if _disk_bytes_available(file.parent) < size:  # a file system that cannot reserve
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(file)) from exc
+                handle.truncate(size)
+    except OSError as exc:
+        file.unlink(missing_ok=True)
+        raise UserError(f"cannot make the feature cache file {file} of {size / 1e9:.2f} GB: {exc.strerror or exc}; "
+                        f"free disk space or set feature_cache off", field="feature_cache") from exc
+
+
 class FeatureCache:
     """Per-image storage for view features, masks and labels, filled batch by batch.
 
     ``mode``: ``memory`` (the training device when it is a GPU with room,
-    otherwise host RAM), ``disk`` (memory-mapped files under ``directory``) or
-    ``auto`` (device memory, then host memory, then disk, by size).
+    otherwise host RAM), ``disk`` (memory-mapped files under ``directory``, their
+    space reserved first) or ``auto`` (device memory, then host memory, then disk, by
+    size; where nothing has room, no cache, and every epoch encodes the views again).
     """
 
     def __init__(self, mode: str, size: int, device: torch.device, directory: Path) -> None:
@@ -50,13 +83,17 @@ class FeatureCache:
 
     @property
     def complete(self) -> bool:
-        return bool(self.filled.all())
+        return self.where != "nowhere" and bool(self.filled.all())
 
     def _allocate(self, examples: list[torch.Tensor]) -> None:
         per_image = sum(t[0].numel() * t.element_size() for t in examples)
         need = per_image * self.size
         place = self._choose(need)
         self.where = place
+        if place == "nowhere":
+            log.warning("feature cache: %.2f GB fits neither in memory nor on the free disk under %s; every epoch "
+                        "encodes the images again", need / 1e9, self.directory)
+            return
         log.info("feature cache: %.2f GB in %s", need / 1e9, place)
         for i, t in enumerate(examples):
             shape, dtype = (self.size, *t.shape[1:]), t.dtype
@@ -64,11 +101,8 @@ class FeatureCache:
                 self.directory.mkdir(parents=True, exist_ok=True)
                 file = self.directory / f"slot_{i}.bin"
                 numel = int(torch.Size(shape).numel())
-                try:
-                    slot = torch.from_file(str(file), shared=True, size=numel, dtype=dtype).view(shape)
-                except RuntimeError as exc:
-                    raise UserError(f"cannot create the feature cache file {file} ({exc}); "
-                                    f"free disk space or set feature_cache off", field="feature_cache") from exc
+                _reserve(file, numel * t.element_size())
+                slot = torch.from_file(str(file), shared=True, size=numel, dtype=dtype).view(shape)
             else:
                 slot = torch.empty(shape, dtype=dtype, device=self.device if place == "device" else "cpu")
             self.slots.append(slot)
@@ -79,10 +113,11 @@ class FeatureCache:
         on_gpu = self.device.type == "cuda"
         if on_gpu and need < _FREE_FRACTION * torch.cuda.mem_get_info(self.device)[0]:
             return "device"
-        # every process of the job on this machine fills its own cache from the same free memory
-        if self.mode == "memory" or need * processes_on_this_machine() < _FREE_FRACTION * _host_bytes_available():
+        # every process of the job on this machine fills its own cache from the same free memory and disk
+        share = need * processes_on_this_machine()
+        if self.mode == "memory" or share < _FREE_FRACTION * _host_bytes_available():
             return "host"
-        return "disk"
+        return "disk" if share < _FREE_FRACTION * _disk_bytes_available(self.directory) else "nowhere"
 
     @staticmethod
     def _flatten(feats: ViewFeatures, masks: torch.Tensor, labels: torch.Tensor, tiles: int) -> list[torch.Tensor]:
@@ -94,11 +129,13 @@ class FeatureCache:
     def store(self, indices: torch.Tensor, feats: ViewFeatures, masks: torch.Tensor, labels: torch.Tensor,
               tiles: int) -> None:
         parts = self._flatten(feats, masks, labels, tiles)
-        if not self.slots:
+        if self.where == "unallocated":
             self.layers = len(feats.global_tokens)
             self.views = {"global_grid": feats.global_grid, "tile_grid": feats.tile_grid, "tiles": feats.tiles,
                           "global_size": feats.global_size}
             self._allocate(parts)
+        if self.where == "nowhere":
+            return
         for slot, part in zip(self.slots, parts):
             slot[indices.to(slot.device)] = part.detach().to(slot.device)
         self.filled[indices] = True

@@ -14,7 +14,8 @@ import numpy as np
 
 from ..data.images import load_rgb
 from ..data.meta import Item
-from ..files import safe_component, within
+from ..errors import UserError
+from ..files import atomic_write, safe_component, within
 
 DISPLAY_MIN, DISPLAY_MAX = 256, 1024
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
@@ -103,9 +104,11 @@ def figure(header: str, named: list[tuple[str, np.ndarray]], scale: ColorScale) 
 
 
 def save_rgb(path: Path, image: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), image[..., ::-1]):
-        raise OSError(f"could not write {path}")
+    """An RGB image as a PNG (or the format ``path``'s suffix names), written atomically."""
+    encoded, data = cv2.imencode(path.suffix or ".png", np.ascontiguousarray(image[..., ::-1]))
+    if not encoded:
+        raise UserError(f"cannot encode a figure as {path.suffix}: {path}")
+    atomic_write(path, lambda f: f.write(data.tobytes()))
 
 
 def to_display(image: np.ndarray, amap: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -38,7 +38,7 @@ from ..detector.facade import DHRCLIP
 from ..detector.results import CSV_FIELDS, Detector, Thresholds, csv_text, map_file_name, table_row
 from ..detector.thresholds import read_threshold_file
 from ..errors import UserError
-from ..files import atomic_write, save_json
+from ..files import atomic_write, remove_temporaries, save_json, save_npy
 from .calibration import calibrate
 from .distributed import barrier, extreme_across, gather_all, world
 from .figures import ColorScale, prediction_figure, save_rgb
@@ -85,6 +85,10 @@ def check_save_path(config: PredictConfig) -> list[str]:
     if any(name in ("maps", "figures") for name in previous) and not ours:
         raise UserError(f"{out} has maps/ or figures/ that no prediction run wrote (no predictions.csv), and "
                         f"overwrite replaces only a run's outputs; choose another save_path", field="save_path")
+    bank = config.save_reference
+    if bank is not None and bank.exists() and not config.overwrite:
+        raise UserError(f"{bank} exists (threshold files calibrated with that bank need it as it is); choose "
+                        f"another save_reference or set `overwrite` to replace it", field="save_reference")
     return previous
 
 
@@ -109,6 +113,9 @@ def predict(model: Detector, config: PredictConfig) -> list[dict]:
     thresholds = resolve_thresholds(model, config)  # before clearing: the threshold file may be in `out`
     if here.is_main:
         _remove(out, [name for name in previous if name != "threshold.json"])  # a calibration just replaced it
+        if stale := sum(remove_temporaries(folder, recursive=folder != out) for folder in
+                        (out, out / "maps", out / "figures")):
+            log.info("removed %d unfinished file(s) that an interrupted run left in %s", stale, out)
     barrier()
     out.mkdir(parents=True, exist_ok=True)  # on every machine of the job
 
@@ -126,7 +133,7 @@ def predict(model: Detector, config: PredictConfig) -> list[dict]:
                 row = table_row(str(source), None, result, thresholds)
             else:
                 amap = result.anomaly_map
-                np.save(_ensure_parent(out / "maps" / _map_name(source, base)), amap.astype(np.float16))
+                save_npy(out / "maps" / _map_name(source, base), amap.astype(np.float16))
                 low, high = min(low, float(amap.min())), max(high, result.map_max)
                 row = table_row(str(source), result.outcome, "", thresholds)
             writer.writerow(row)
@@ -168,6 +175,7 @@ def with_reference(model: Detector, reference: str, config: PredictConfig) -> DH
     log.info("reference bank: %d good images, %d global and %d tile tokens per layer", few.bank.images,
              len(few.bank.global_owner), len(few.bank.tile_owner))
     if config.save_reference is not None and world().is_main:
+        remove_temporaries(config.save_reference.parent, config.save_reference.name)
         few.bank.save(config.save_reference)
         log.info("reference bank saved to %s", config.save_reference)
     return few
@@ -200,11 +208,6 @@ def _write_figures(out: Path, rows: list[dict], base: Path, run_scale: ColorScal
         save_rgb(out / "figures" / _map_name(source, base).with_suffix(".png"),
                  prediction_figure(image, amap, scale, source.relative_to(base).as_posix(), row["image_score"],
                                    row["decision"], pixel_t))
-
-
-def _ensure_parent(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def _write_table(out: Path, rows: list[dict], thresholds: Thresholds, model: Detector,

@@ -34,6 +34,7 @@ from ..detector.checkpoint import (
 from ..detector.facade import DHRCLIP, check_backbone
 from ..detector.signature import RESUME, Signature
 from ..errors import UserError
+from ..files import remove_temporaries
 from .distributed import barrier, sum_across, world
 from .feature_batches import FeatureBatch, FeatureBatches
 
@@ -59,8 +60,9 @@ def train(config: TrainConfig, model: ModelConfig | DHRCLIP | None = None) -> li
     items = _training_items(config)
     resume = _resume_point(config.resume)
     if resume is not None and resume[1].epoch >= config.epochs:
-        raise UserError(f"{resume[0].path} has trained {resume[1].epoch} epoch(s) already, and epochs is "
-                        f"{config.epochs}: nothing is left to train; give more epochs", field="epochs")
+        done = resume[1].epoch
+        raise UserError(f"{resume[0].path} has trained {done} epoch(s) already, and epochs is {config.epochs}: "
+                        f"nothing is left to train; raise epochs above {done}", field="epochs")
     _claim(config)
     if not isinstance(model, DHRCLIP):
         model = DHRCLIP.create(model or (resume[0].config if resume else None), device=run.device,
@@ -110,6 +112,8 @@ def _claim(config: TrainConfig) -> None:
             for path in [*previous, folder / "log.txt"]:
                 path.unlink(missing_ok=True)
             log.info("removed the previous run's %d checkpoint(s) from %s", len(previous), folder)
+    if here.is_main and (stale := remove_temporaries(folder)):
+        log.info("removed %d unfinished file(s) that an interrupted run left in %s", stale, folder)
     barrier()
     folder.mkdir(parents=True, exist_ok=True)
 

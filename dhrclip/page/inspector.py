@@ -19,7 +19,7 @@ import shutil
 import tempfile
 import threading
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, BinaryIO
 
@@ -34,10 +34,10 @@ from ..detector.facade import DHRCLIP
 from ..detector.results import NO_THRESHOLDS, Prediction, Thresholds, csv_text, map_file_name
 from ..detector.thresholds import threshold_record
 from ..engine.calibration import FEW_CALIBRATION_IMAGES, calibrate
-from ..engine.figures import ColorScale, panels, prediction_panels, to_display, with_colour_bar
+from ..engine.figures import ColorScale, panels, prediction_panels, save_rgb, to_display, with_colour_bar
 from ..errors import UserError
-from ..files import atomic_write
-from .uploads import SCORE_DIGITS, Entry, Limits, receive, safe_name, spreadsheet_safe, unique_name
+from ..files import save_npy
+from .uploads import SCORE_DIGITS, Entry, Limits, footprint, receive, safe_name, spreadsheet_safe, unique_name
 from .worker import Worker
 
 log = logging.getLogger(__name__)
@@ -50,17 +50,6 @@ class AppSettings:
     run: RunOptions = field(default_factory=page_run)
     thresholds: Thresholds = NO_THRESHOLDS
     limits: Limits = field(default_factory=Limits)
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    atomic_write(path, lambda f: np.save(f, array))  # readers (figures, the zip) never see half a file
-
-
-def _save_png(path: Path, rgb: np.ndarray) -> None:
-    ok, png = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
-    if not ok:
-        raise OSError(f"could not encode {path.name}")
-    atomic_write(path, lambda f: f.write(png.tobytes()))
 
 
 def describe_backbone(model: DHRCLIP) -> str:
@@ -94,6 +83,7 @@ class Inspector:
         self._entries: dict[int, Entry] = {}
         self._names: set[str] = set()  # map names taken on the page since the last clear
         self._reserved = 0             # places held for uploads being received
+        self._work_bytes = 0           # room of the work folder held by the entries (``Entry.footprint``)
         self._next_id = 1
         self._generation = 0           # one per clear: work for an earlier one is dropped
         self._thresholds: dict | None = None  # the latest thresholds the server set the sliders to
@@ -142,7 +132,7 @@ class Inspector:
                     entry.status, entry.error = "error", (f"the page holds at most {self.limits.max_images} images "
                                                           f"at once; download the results and clear the page to go on")
                     continue
-                problem = receive(entry, handle, self.limits)
+                problem = receive(entry, handle, self.limits) or self._hold_room(entry)
                 if problem:
                     entry.status, entry.error = "error", problem
                     shutil.rmtree(entry.folder, ignore_errors=True)
@@ -152,8 +142,11 @@ class Inspector:
             with self._lock:
                 self._reserved -= room
                 cleared = generation != self._generation
-                if not cleared:
+                if cleared:
+                    self._work_bytes -= sum(e.footprint for e in entries)
+                else:
                     self._entries.update((e.id, e) for e in entries)
+                    self._forget_old_errors()
         if cleared:  # while the files arrived
             for entry in entries:
                 shutil.rmtree(entry.folder, ignore_errors=True)
@@ -162,6 +155,35 @@ class Inspector:
             ids = [e.id for e in accepted]
             self._worker.submit(lambda: self._predict(generation, ids))
         return [e.view(None, None, self._run) for e in entries]
+
+    def _hold_room(self, entry: Entry) -> str:
+        """Hold the work folder's room for a received upload and its results; why there is none,
+        or ''. The page's own budget is checked, and the disk's free space."""
+        need = footprint(entry.upload)
+        budget = self.limits.max_work_bytes
+        with self._lock:
+            if self._work_bytes + need > budget:
+                return (f"the page's work folder is full ({self._work_bytes / 2**30:.2f} of {budget / 2**30:.2f} GB "
+                        f"held); download the results and clear the page to go on")
+            free = shutil.disk_usage(self.folder).free
+            if need > free:
+                return f"the server's disk is full ({free / 2**20:.0f} MB free); clear the page to go on"
+            self._work_bytes += need
+            entry.footprint = need
+        return ""
+
+    def _release(self, entries: list[Entry]) -> None:
+        """Remove entries' files and give back their room (call holding the lock)."""
+        for entry in entries:
+            shutil.rmtree(entry.folder, ignore_errors=True)
+            self._work_bytes -= entry.footprint
+            entry.footprint = 0
+
+    def _forget_old_errors(self) -> None:
+        """Keep at most ``max_errors`` refused files on the page, the newest (call holding the lock)."""
+        errors = [i for i, e in self._entries.items() if e.status == "error"]
+        for i in errors[:max(0, len(errors) - self.limits.max_errors)]:
+            del self._entries[i]
 
     def set_reference(self, files: list[tuple[str | None, BinaryIO]]) -> str:
         """Save good images and queue building the bank from them; '' or why they are refused."""
@@ -190,6 +212,7 @@ class Inspector:
         with self._lock:
             old = self.folder / f"batch{self._generation}"
             self._generation += 1
+            self._work_bytes -= sum(e.footprint for e in self._entries.values())
             self._entries.clear()
             self._names.clear()
         self._worker.submit(lambda: shutil.rmtree(old, ignore_errors=True))
@@ -214,26 +237,31 @@ class Inspector:
                         setattr(entry, key, value)
                     entry.version += 1
                     entry.rerun, entry.note = False, ""
-                if entry.status == "error":  # nothing of it is shown: its files go now
-                    shutil.rmtree(entry.folder, ignore_errors=True)
-        finally:  # a failed batch must not leave the page waiting for its images
+                    if entry.status == "error":  # nothing of it is shown: its files go now
+                        self._release([entry])
+                        self._forget_old_errors()
+        finally:  # a failed batch (a full disk, say) must not leave the page waiting, nor keep its files
             with self._lock:
+                failed = [entry for entry in entries if entry.status == "queued"]
+                for entry in failed:
+                    entry.status, entry.error = "error", "not inspected: the batch failed (see the message above)"
                 for entry in entries:
-                    if entry.status == "queued":
-                        entry.status, entry.error = "error", "not inspected: the batch failed (see the message above)"
-                    elif entry.rerun:  # its earlier result stays, marked as such
+                    if entry.rerun:  # its earlier result stays, marked as such
                         entry.rerun = False
                         entry.note = "the previous detector's result: running it again failed (see the message above)"
+                if generation == self._generation:
+                    self._release(failed)
+                    self._forget_old_errors()
 
     def _store(self, entry: Entry, result: Prediction) -> dict:
         """Keep a result's map (float16, as predict.py's maps/) and what its figures are drawn from:
         the image and that saved map at display size, as predict.py draws them."""
         amap = result.anomaly_map.astype(np.float16)
-        _save_npy(entry.folder / "map.npy", amap)
+        save_npy(entry.folder / "map.npy", amap)
         image = np.asarray(load_rgb(entry.upload, self.settings.run.bit_depth), dtype=np.uint8)
         shown, small = to_display(image, amap.astype(np.float32))
-        _save_png(entry.folder / "shown.png", shown)
-        _save_npy(entry.folder / "shown_map.npy", small)
+        save_rgb(entry.folder / "shown.png", shown)
+        save_npy(entry.folder / "shown_map.npy", small)
         return {"status": "done", "score": result.score, "map_min": float(result.anomaly_map.min()),
                 "map_max": result.map_max, "grid": tuple(result.grid)}
 
@@ -247,6 +275,10 @@ class Inspector:
             if len(paths) >= 2:
                 self._worker.stage("calibrating the thresholds on the reference images, each against the others")
                 found = calibrate(few, str(folder), run, skip_errors=False)
+            # what the page hands out (the bank, threshold files) names the images as uploaded and
+            # the weights by file name: the server's folders stay its own
+            shared = replace(few.bank, config=few.bank.config.shared(), sources=[e.name for e in entries])
+            few = self._startup_model.with_reference(shared, run)
             few.bank.save(folder / "reference.safetensors")
         except UserError as exc:
             shutil.rmtree(folder, ignore_errors=True)
@@ -388,7 +420,7 @@ class Inspector:
         with self._lock:
             inspected = sum(e.status == "done" for e in self._entries.values())
             model = self._model
-        return threshold_record(model.signature(self.settings.run), Thresholds(image_t, pixel_t),
+        return threshold_record(model.signature(self.settings.run).shared(), Thresholds(image_t, pixel_t),
                                 rule="set on the inspection page", images_inspected=inspected)
 
     def bank(self) -> IO[bytes] | None:

@@ -12,7 +12,6 @@ import logging
 import math
 import signal
 import socket
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -34,6 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..detector.facade import DHRCLIP
 from ..errors import UserError
 from .inspector import AppSettings, Inspector
+from .workfolder import WorkFolder
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ STATIC = Path(__file__).resolve().parent / "static"
 _CHUNK = 1 << 20
 _WILDCARDS = ("0.0.0.0", "::", "")
 _CHANGES = ("POST", "PUT", "PATCH", "DELETE")
+SHUTDOWN_SECONDS = 5
 
 
 def host_names(host: str) -> set[str]:
@@ -53,9 +54,21 @@ def host_names(host: str) -> set[str]:
     return names
 
 
+# Every response: no other site may frame the page (a framed page's buttons can be clicked through
+# a decoy), load anything but its own files, or learn its address from a link.
+SECURITY_HEADERS = [
+    (b"x-frame-options", b"DENY"),
+    (b"content-security-policy", b"default-src 'self'; img-src 'self' data: blob:; object-src 'none'; "
+                                 b"base-uri 'none'; form-action 'self'; frame-ancestors 'none'"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+]
+
+
 class _Guard:
     """Refuses a request whose Host is not one of ``names`` nor an address (400), and a POST or
-    DELETE that a browser says comes from another site's page (its Origin; 403)."""
+    DELETE that a browser says comes from another site's page (its Origin; 403); adds
+    ``SECURITY_HEADERS`` to every response."""
 
     def __init__(self, app: ASGIApp, names: set[str]) -> None:
         self.app = app
@@ -63,6 +76,7 @@ class _Guard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
+            send = _with_headers(send)
             headers = Headers(scope=scope)
             host = headers.get("host", "")
             if not self._known(host):
@@ -89,6 +103,14 @@ class _Guard:
             return True
         except ValueError:
             return name in self.names
+
+
+def _with_headers(send: Send) -> Send:
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), *SECURITY_HEADERS]}
+        await send(message)
+    return sending
 
 
 def _number(request: Request, name: str) -> float | None:
@@ -279,18 +301,19 @@ def _exit_on_signal(signum: int, frame: object) -> None:
 
 def serve(model: DHRCLIP, settings: AppSettings, host: str = "127.0.0.1", port: int = 7860,
           ready: Callable[[str], None] | None = None) -> None:
-    """Serve the page until interrupted; uploads and results live in a temporary folder removed at
-    the end, once the worker has stopped writing to it. ``ready`` gets the page's address once it
+    """Serve the page until interrupted; uploads and results live in a work folder removed at the
+    end, once the worker has stopped writing to it. On a stop, requests still open (an upload a
+    client never finishes) get ``SHUTDOWN_SECONDS``. ``ready`` gets the page's address once it
     listens."""
     sock = bind(host, port)
     if threading.current_thread() is threading.main_thread():  # a kill ends it like Ctrl+C: files removed
         signal.signal(signal.SIGTERM, _exit_on_signal)
-    with tempfile.TemporaryDirectory(prefix="dhrclip-app-") as folder:
-        inspector = Inspector(model, settings, Path(folder))
+    with WorkFolder() as folder:
+        inspector = Inspector(model, settings, folder)
         inspector.start()
         try:
             server = uvicorn.Server(uvicorn.Config(create_app(inspector, host), log_level="warning",
-                                                   access_log=False))
+                                                   access_log=False, timeout_graceful_shutdown=SHUTDOWN_SECONDS))
             bound, actual = sock.getsockname()[:2]
             shown = f"[{bound}]" if ":" in bound else bound
             if ready is not None:

@@ -11,6 +11,7 @@ from typing import BinaryIO
 
 from ..data.images import IMAGE_SUFFIXES, image_shape
 from ..detector.results import Outcome, Thresholds, map_file_name, table_row
+from ..engine.figures import display_size
 from ..errors import UserError
 
 log = logging.getLogger(__name__)
@@ -19,6 +20,7 @@ SCORE_DIGITS = 4  # decimals of the scores the page shows, and of the image thre
 _COPY_CHUNK = 1 << 20
 _FORM_OVERHEAD = 2**20  # an upload request's multipart headers and boundaries, beyond its files
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet runs a cell starting with these
+_FILE_OVERHEAD = 4 * 4096  # an entry's folder and files take whole blocks
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,8 @@ class Limits:
     max_pixels: int = 40_000_000
     max_images: int = 1000         # images queued or inspected at once
     files_per_request: int = 16    # the page sends larger selections in several requests
+    max_work_bytes: int = 5 * 2**30  # disk the uploads and their results may take
+    max_errors: int = 100          # refused files kept on the page (the oldest go first)
 
     @property
     def request_file_bytes(self) -> int:
@@ -44,6 +48,7 @@ class Limits:
     def to_dict(self) -> dict:
         return {"max_file_bytes": self.max_file_bytes, "max_pixels": self.max_pixels,
                 "max_images": self.max_images, "files_per_request": self.files_per_request,
+                "max_work_bytes": self.max_work_bytes,
                 "request_file_bytes": self.request_file_bytes, "max_request_bytes": self.max_request_bytes}
 
 
@@ -63,6 +68,7 @@ class Entry:
     version: int = 0               # results stored so far: a figure's address names it, so no cache serves an old one
     rerun: bool = False            # a result for the changed detector is on its way; this one is shown meanwhile
     note: str = ""                 # why the result shown is not the current detector's
+    footprint: int = 0             # bytes of the work folder's budget it holds (its upload and results)
 
     @property
     def upload(self) -> Path:
@@ -125,6 +131,14 @@ def _reason(exc: UserError) -> str:
     """The library's own words for why a file could not be read, without the stored file's path."""
     cause = exc.__cause__
     return str(cause) if cause is not None else str(exc)
+
+
+def footprint(upload: Path) -> int:
+    """Bytes an accepted upload takes in the work folder once inspected: the file, its float16 map
+    and its figure's image and map at display size."""
+    height, width = image_shape(upload)
+    shown_h, shown_w = display_size(height, width)
+    return upload.stat().st_size + 2 * height * width + 7 * shown_h * shown_w + _FILE_OVERHEAD
 
 
 def receive(entry: Entry, handle: BinaryIO, limits: Limits) -> str:

@@ -132,3 +132,12 @@ def test_an_image_over_the_pixel_limit_is_refused_from_its_header(tmp_path, monk
     assert caught.value.field == "max_megapixels"
     with pytest.raises(UserError, match="mask .*mask.png is 400x300"):
         load_mask(tmp_path / "mask.png", max_pixels=119_999)
+
+
+@pytest.mark.parametrize("name", ["moving.png", "pages.tif"])
+def test_an_image_of_several_frames_is_read_from_its_first_with_a_warning(tmp_path, caplog, name):
+    frames = [Image.fromarray(np.full((20, 30, 3), value, np.uint8)) for value in (10, 200)]
+    frames[0].save(tmp_path / name, save_all=True, append_images=frames[1:])
+    with caplog.at_level("WARNING"):
+        img = load_rgb(tmp_path / name)
+    assert np.asarray(img).max() == 10 and f"{name} has 2 frames; its first is used" in caplog.text

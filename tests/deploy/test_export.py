@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ from PIL import Image
 from dhrclip import DHRCLIP, cli
 from dhrclip.data.synthetic import synthetic_image
 from dhrclip.deploy.runtime import OnnxDetector, resize_bilinear
+from dhrclip.files import TEMPORARY_SUFFIX
 
 pytest.importorskip("onnxruntime")
 
@@ -36,9 +39,20 @@ def exported(tmp_path_factory, checkpoint, parts):
     cli.predict_main(["--checkpoint_path", str(checkpoint), "--input", str(parts), "--calibrate_on", str(parts),
                       "--grid", "fixed", "--save_path", str(out / "calibration"), "--device", "cpu",
                       "--num_workers", "0"])
+    for name in STALE + OTHERS:  # as a killed export leaves them
+        (out / name).write_bytes(b"half")
     cli.export_main(["--checkpoint_path", str(checkpoint), "--output", str(out / "model.onnx"), "--threshold_file",
                      str(out / "calibration" / "threshold.json"), "--device", "cpu"])
     return out / "model.onnx"
+
+
+STALE = [f".model.onnx.k3j4.trace{TEMPORARY_SUFFIX}", f".model.onnx.z9{TEMPORARY_SUFFIX}"]
+OTHERS = [f".other.onnx.a1{TEMPORARY_SUFFIX}"]  # another file's: left alone
+
+
+def test_an_export_removes_what_a_killed_export_into_the_same_file_left(exported):
+    assert not [name for name in STALE if (exported.parent / name).exists()]
+    assert all((exported.parent / name).exists() for name in OTHERS)
 
 
 def test_onnx_maps_and_scores_match_pytorch_at_batch_1_and_3(exported, checkpoint):
@@ -222,3 +236,22 @@ def test_calibrating_on_a_baked_banks_own_images_is_refused(checkpoint, parts, t
         cli.predict_main(["--onnx", str(tmp_path / "few.onnx"), "--input", str(goods), "--calibrate_on", str(goods),
                           "--save_path", str(tmp_path / "out")])
     assert "cannot leave an image out" in capsys.readouterr().err
+
+
+def test_an_interrupted_export_leaves_the_previous_file_whole(exported, checkpoint, tmp_path, monkeypatch):
+    """The graph is traced into a temporary file and renamed over the output only once whole, so an
+    export stopped half-way (here by Ctrl+C in the trace; ``kill -9`` alike) keeps the old file."""
+    target = tmp_path / "model.onnx"
+    shutil.copyfile(exported, target)
+    before = target.read_bytes()
+
+    def interrupted(module, args, path, **kwargs):
+        Path(path).write_bytes(b"half a graph")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch.onnx, "export", interrupted)
+    with pytest.raises(SystemExit):
+        cli.export_main(["--checkpoint_path", str(checkpoint), "--output", str(target), "--overwrite",
+                         "--device", "cpu"])
+    assert target.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
+    OnnxDetector(target)  # still a whole file with its metadata

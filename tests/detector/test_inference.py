@@ -75,3 +75,22 @@ def _canvas(path, model):
     from dhrclip.data.images import load_rgb
 
     return to_canvas(load_rgb(path), model.config.target_image_size)
+
+
+def test_non_finite_maps_are_blamed_on_the_precision_only_below_fp32(checkpoint, goods):
+    """Below fp32, overflow is the likely cause and fp32 the cure; in fp32 it is not, and the
+    message does not send the user to a setting they already have."""
+    from dhrclip.detector.inference import iter_predictions
+    from dhrclip.errors import UserError
+
+    model = DHRCLIP.from_checkpoint(checkpoint, device="cpu", precision="fp32")
+    with torch.no_grad():
+        model.model.clip.visual.ln_post.weight.fill_(float("nan"))
+    run = RunOptions(batch_size=2, num_workers=0)
+    with pytest.raises(UserError, match="contains NaN or Inf in fp32: the weights or the prompts") as info:
+        list(iter_predictions(model.model, goods[:2], model.grid_for(run), run))
+    assert "try precision" not in str(info.value)
+    model.model.precision = torch.bfloat16
+    with pytest.raises(UserError, match="contains NaN or Inf at bfloat16; try precision fp32") as info:
+        list(iter_predictions(model.model, goods[:2], model.grid_for(run), run))
+    assert info.value.field == "precision"

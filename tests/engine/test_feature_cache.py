@@ -36,3 +36,22 @@ def test_auto_picks_host_memory_or_disk_and_round_trips(tmp_path, monkeypatch, h
     assert feats.global_grid == (2, 2) and feats.tile_grid == (1, 2)
     cache.close()
     assert not (tmp_path / "cache").exists()
+
+
+def test_auto_without_room_anywhere_caches_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(feature_cache, "_host_bytes_available", lambda: 0)
+    monkeypatch.setattr(feature_cache, "_disk_bytes_available", lambda folder: 1000)
+    cache = FeatureCache("auto", 2, torch.device("cpu"), tmp_path / "cache")
+    cache.store(torch.tensor([0, 1]), *batch(2), tiles=4)
+    assert cache.where == "nowhere" and not cache.complete and not (tmp_path / "cache").exists()
+    cache.close()
+
+
+def test_a_disk_cache_reserves_its_space_before_mapping_it(tmp_path):
+    """The cache files hold their blocks before anything is written into the memory map, so a
+    full disk shows at creation (see tests/scenarios/test_faults.py) and not as a bus error."""
+    cache = FeatureCache("disk", 6, torch.device("cpu"), tmp_path / "cache")
+    cache.store(torch.tensor([0, 1]), *batch(2), tiles=4)
+    files = sorted((tmp_path / "cache").glob("slot_*.bin"))
+    assert files and all(f.stat().st_blocks * 512 >= f.stat().st_size > 0 for f in files)
+    cache.close()

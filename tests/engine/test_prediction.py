@@ -124,3 +124,21 @@ def test_an_image_over_max_megapixels_gets_an_error_row_and_the_rest_are_predict
     assert "over the limit of max_megapixels 0.002" in by_name["large.png"]["error"]
     assert by_name["small.png"]["error"] == "" and by_name["small.png"]["image_score"] is not None
     assert [p.name for p in (tmp_path / "out" / "maps").glob("*.npy")] == ["small_png.npy"]
+
+
+def test_an_existing_bank_is_replaced_only_with_overwrite(tmp_path, checkpoint, goods):
+    import pytest
+
+    from dhrclip.detector.bank import read_bank
+    from dhrclip.errors import UserError
+
+    bank = tmp_path / "bank.safetensors"
+    bank.write_bytes(b"the bank another run's thresholds were calibrated with")
+    model = DHRCLIP.from_checkpoint(checkpoint, device="cpu")
+    config = dict(input=str(goods[0]), reference=str(goods[0].parent), save_reference=bank, num_workers=0,
+                  grid="fixed")
+    with pytest.raises(UserError, match="bank.safetensors exists") as info:
+        predict(model, settings(PredictConfig, save_path=tmp_path / "first", **config))
+    assert info.value.field == "save_reference" and bank.read_bytes().startswith(b"the bank another run's")
+    predict(model, settings(PredictConfig, save_path=tmp_path / "second", overwrite=True, **config))
+    assert read_bank(bank).images == len(goods)

@@ -12,6 +12,7 @@ import queue
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -32,7 +33,7 @@ from dhrclip.config import RunOptions, page_run
 from dhrclip.data.synthetic import paint_defect, synthetic_image
 from dhrclip.detector.results import CSV_FIELDS, Thresholds
 from dhrclip.detector.thresholds import read_threshold_file, threshold_record
-from dhrclip.files import save_json
+from dhrclip.files import TEMPORARY_SUFFIX, save_json
 
 REQUIRED = os.environ.get("DHRCLIP_REQUIRE_BROWSER") == "1"
 CHROMIUM = Path(shutil.which("chromium") or "/usr/bin/chromium")
@@ -50,7 +51,7 @@ try:
     import uvicorn
 
     from dhrclip.page.inspector import AppSettings, Inspector
-    from dhrclip.page.server import bind, create_app
+    from dhrclip.page.server import SHUTDOWN_SECONDS, bind, create_app
     from dhrclip.page.uploads import Limits
 except ModuleNotFoundError as missing:
     _unavailable(f"the inspection page needs {missing.name}: pip install -e '.[dev]'")
@@ -174,7 +175,8 @@ def test_scores_and_maps_equal_predict_pys(page, parts, predicted):
             mine = np.load(io.BytesIO(archive.read(f"maps/{name.replace('.', '_')}.npy")))
             assert mine.dtype == np.float16 and mine.shape == amap.shape
             np.testing.assert_allclose(mine.astype(np.float32), amap.astype(np.float32), rtol=1e-3, atol=1e-3)
-    assert not [p for p in page.inspector.folder.rglob("*") if p.suffix in (".zip", ".tmp")]  # nothing left behind
+    leftovers = [p for p in page.inspector.folder.rglob("*") if p.suffix == ".zip" or p.name.endswith(TEMPORARY_SUFFIX)]
+    assert not leftovers  # nothing left behind
     table = list(csv.DictReader(io.StringIO(page.client.get("/api/predictions.csv",
                                                             params={"image_threshold": 0.5}).text)))
     assert tuple(table[0]) == CSV_FIELDS and [r["path"] for r in table] == [p.name for p in parts]
@@ -249,6 +251,12 @@ def test_other_sites_are_refused(page, parts):
     assert page.client.request("DELETE", "/api/reference", headers={"origin": "null"}).status_code == 403
     assert page.client.post("/api/clear", headers={"origin": page.url}).status_code == 200
     assert page.state()["progress"]["total"] == 0
+    # no other site may frame the page or have it load anything but its own files, errors included
+    for response in (page.client.get("/"), page.client.get("/api/state"), refused,
+                     page.client.get("/api/state", headers={"host": f"attacker.example:{port}"})):
+        assert response.headers["x-frame-options"] == "DENY"
+        assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
+        assert "default-src 'self'" in response.headers["content-security-policy"]
 
 
 def test_uploads_at_once_stay_within_the_limit_and_names_pair_in_table_and_zip(page, parts):
@@ -322,6 +330,15 @@ def test_good_images_become_the_reference_calibrated_as_predict_py_does(page, pa
         "/api/threshold.json", params={"image_threshold": calibrated["image_threshold"]}).content)
     with_bank = model.with_reference(tmp_path / "bank.safetensors", page_run())
     checked_thresholds(tmp_path / "threshold.json", with_bank)
+    # what the page hands out names the images as uploaded and the files by name: no server folder
+    handed_out = (tmp_path / "bank.safetensors").read_bytes().decode("latin-1") + \
+        (tmp_path / "threshold.json").read_text()
+    for folder in (page.inspector.folder, Path(model.checkpoint).parent, Path(model.config.pretrained).parent):
+        assert str(folder) not in handed_out
+    assert with_bank.bank.sources == [p.name for p in good_parts]
+    record = json.loads((tmp_path / "threshold.json").read_text())
+    assert record["checkpoint"] == Path(model.checkpoint).name
+    assert record["config"]["pretrained"] == Path(model.config.pretrained).name
     refused = page.upload([("notes.png", b"text")], where="/api/reference")
     assert refused.status_code == 400 and "notes.png: not a readable image" in refused.json()["error"]
     # a second bank replaces the first, whose files go
@@ -395,6 +412,8 @@ def app_py(checkpoint, tmp_path_factory):
     """app.py started as a user would, on a port the system picks, with its temporary folder in a
     folder of its own; its address from what it prints."""
     temp = tmp_path_factory.mktemp("app_tmp")
+    (temp / "dhrclip-app-killed" / "batch0").mkdir(parents=True)  # what an app.py ended by kill -9 left
+    (temp / "dhrclip-app-killed" / ".owner.lock").touch()
     proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--checkpoint_path", str(checkpoint),
                              "--port", "0", *RUNTIME], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             cwd=tmp_path_factory.mktemp("app_cwd"), env={**os.environ, "TMPDIR": str(temp)})
@@ -431,9 +450,13 @@ def browser(tmp_path):
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--hide-scrollbars", f"--user-data-dir={tempfile.mkdtemp(dir=tmp_path)}", "--window-size=1440,1200"):
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
     yield driver
+    # the page's own security policy blocked nothing it needs
+    blocked = [e["message"] for e in driver.get_log("browser") if "Content Security Policy" in e["message"]]
     driver.quit()
+    assert not blocked, blocked
 
 
 CARDS = """return [...document.querySelectorAll('.result')].map(e => ({
@@ -536,8 +559,14 @@ def test_the_page_in_a_browser(browser, app_py, parts, good_parts, predicted, tm
     # Clear drops the parts of a selection not sent yet
     rng = np.random.default_rng(5)
     many = [_save(tmp_path / "many" / f"m{i:02d}.png", synthetic_image("grain", 40, 40, rng)) for i in range(40)]
+    shown = browser.execute_script(CARDS)
+    browser.find_element(By.ID, "clear").click()
+    browser.switch_to.alert.dismiss()  # Clear asks first: dismissed, nothing is removed
+    time.sleep(0.5)
+    assert browser.execute_script(CARDS) == shown
     browser.find_element(By.ID, "files").send_keys("\n".join(str(p) for p in many))
     browser.find_element(By.ID, "clear").click()
+    browser.switch_to.alert.accept()
     _wait(browser, lambda cards: not cards and not browser.find_element(By.ID, "progress").is_displayed(),
           "an empty page, with nothing more on its way")
     # more files than one request takes go in parts, with the progress bar counting them
@@ -559,8 +588,17 @@ def test_app_py_gives_predict_pys_scores_and_removes_its_files_when_killed(app_p
     entries = {e["name"]: e for e in _settled(client)["entries"]}
     assert {name: entries[name]["score"] for name in predicted} == pytest.approx(
         {name: score for name, (score, _) in predicted.items()}, rel=1e-6, abs=1e-7)
-    [work] = app_py["temp"].glob("dhrclip-app-*")
+    [work] = app_py["temp"].glob("dhrclip-app-*")  # its own; the killed one's was removed at start
     assert list(work.rglob("upload.png"))
+    # a client that never finishes its upload does not hold up the stop beyond the grace period
+    host, port = app_py["url"].split("//")[1].rstrip("/").rsplit(":", 1)
+    hanging = socket.create_connection((host, int(port)))
+    hanging.sendall(f"POST /api/upload HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: multipart/form-data; "
+                    f"boundary=x\r\nContent-Length: 1000000\r\n\r\n--x\r\n".encode())
+    time.sleep(0.5)
+    began = time.monotonic()
     app_py["proc"].send_signal(signal.SIGTERM)
     assert app_py["proc"].wait(60) == 128 + signal.SIGTERM
+    assert time.monotonic() - began < SHUTDOWN_SECONDS + 10
+    hanging.close()
     assert not work.exists()

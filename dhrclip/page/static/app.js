@@ -468,6 +468,8 @@ async function start() {
     if (event.dataTransfer.files.length) uploadImages(event.dataTransfer.files);
   });
   $("#clear").addEventListener("click", async () => {
+    // the results and uploads are gone from the server once cleared: ask first
+    if (!window.confirm("Clear every result and upload from the page? The server removes their files.")) return;
     await cancelUploads();
     await api("/api/clear", {method: "POST"}).catch((error) => notice(error.message, "error"));
     $("#notices").replaceChildren();
