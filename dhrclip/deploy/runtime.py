@@ -114,7 +114,7 @@ class OnnxDetector:
             canvases, kept, sizes = [], [], []
             for i in range(start, min(start + run.batch_size, len(sources))):
                 try:
-                    image = image_from_source(sources[i], run.bit_depth)
+                    image = image_from_source(sources[i], run.bit_depth, run.max_pixels)
                 except UserError as exc:
                     if not skip_errors:
                         raise

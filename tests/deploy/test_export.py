@@ -255,3 +255,14 @@ def test_an_interrupted_export_leaves_the_previous_file_whole(exported, checkpoi
                          "--device", "cpu"])
     assert target.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
     OnnxDetector(target)  # still a whole file with its metadata
+
+
+def test_the_onnx_path_refuses_images_over_max_megapixels_from_their_header(exported, parts, tmp_path):
+    with pytest.raises(SystemExit) as stopped:  # 120×90 and 70×140 are over 0.0097 megapixels
+        cli.predict_main(["--onnx", str(exported), "--input", str(parts), "--save_path", str(tmp_path / "out"),
+                          "--num_workers", "0", "--max_megapixels", "0.0097"])
+    assert stopped.value.code == 3
+    rows = {Path(r["path"]).name: r for r in json.loads((tmp_path / "out" / "predictions.json").read_text())
+            ["predictions"]}
+    assert sorted(n for n, r in rows.items() if r["error"]) == ["part_2.png", "part_3.png"]
+    assert all("over the limit of max_megapixels 0.0097" in rows[n]["error"] for n in ("part_2.png", "part_3.png"))
