@@ -2,7 +2,8 @@
 
 Model and runtime flags are those of train.py (``--pretrained none`` for random
 weights), plus the few below. Prints one JSON line:
-{"device", "model", "precision", "config", "test_images_per_s", "naive_test_images_per_s",
+{"device", "model", "precision", "config", "num_workers_used", "torch_threads", "test_images_per_s",
+ "naive_test_images_per_s",
  "train_images_per_s_first_epoch", "train_images_per_s_cached"}.
 """
 from __future__ import annotations
@@ -24,7 +25,7 @@ from dhrclip.cli.flags import add_settings
 from dhrclip.config import RunOptions, resolve_model_config
 from dhrclip.core.maps import TEMPERATURE, token_probabilities
 from dhrclip.core.tiling import crop
-from dhrclip.data.canvases import CanvasDataset, Masks, to_canvas
+from dhrclip.data.canvases import CanvasDataset, Masks, to_canvas, worker_count
 from dhrclip.data.images import load_rgb
 from dhrclip.data.indexing import mvtec_layout_index, write_meta
 from dhrclip.data.meta import read_meta
@@ -129,6 +130,8 @@ def main() -> None:
         "precision": str(model.precision).removeprefix("torch."),
         "config": {**model.config.to_dict(), "batch_size": args.batch_size, "images": len(items),
                    "image_px": args.image_px, "num_workers": args.num_workers},
+        "num_workers_used": worker_count(args.num_workers, len(items), device.type == "cuda"),
+        "torch_threads": torch.get_num_threads(),
         "test_images_per_s": round(test_rate, 2),
         "naive_test_images_per_s": round(naive_rate, 2),
         "train_images_per_s_first_epoch": round(first, 2),

@@ -9,6 +9,7 @@ import sys
 from dataclasses import fields, replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -18,7 +19,7 @@ from dhrclip import cli
 from dhrclip.config import ModelConfig, RunOptions, TrainConfig
 from dhrclip.data.canvases import CanvasDataset, Masks
 from dhrclip.data.indexing import mvtec_layout_index, write_meta
-from dhrclip.data.synthetic import save_openai_format, synthetic_image, tiny_clip, write_mvtec_dataset
+from dhrclip.data.synthetic import paint_defect, save_openai_format, synthetic_image, tiny_clip, write_mvtec_dataset
 from dhrclip.detector.inference import iter_batches
 from dhrclip.engine.training import train
 
@@ -225,3 +226,17 @@ def with_train_split(tmp_path_factory):
                                     size=(112, 112), seed=4)
     write_meta(test_root, mvtec_layout_index(test_root))
     return train_root, test_root
+
+
+def write_custom_layout(root, with_masks):
+    """Your own images in the folder layout: good/ and crack/ (3 each), masks in ground_truth/ if asked."""
+    rng = np.random.default_rng(3)
+    for folder in ("good", "crack"):
+        (root / folder).mkdir(parents=True)
+    for i in range(3):
+        cv2.imwrite(str(root / "good" / f"g{i}.png"), synthetic_image("waves", 48, 64, rng)[..., ::-1])
+        bad, mask = paint_defect(synthetic_image("waves", 48, 64, rng), "blob", rng)
+        cv2.imwrite(str(root / "crack" / f"c{i}.png"), bad[..., ::-1])
+        if with_masks:
+            (root / "ground_truth" / "crack").mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(root / "ground_truth" / "crack" / f"c{i}.png"), mask.astype(np.uint8) * 255)

@@ -33,8 +33,8 @@ def _app(args: argparse.Namespace) -> None:
     try:
         from ..page.server import serve
     except ModuleNotFoundError as exc:
-        raise UserError(f"the inspection page needs {exc.name}: pip install 'dhrclip[app]' "
-                        f"(or -e '.[app]' in a checkout)") from exc
+        raise UserError(f"the inspection page needs {exc.name}: install it with pip install '.[app]' "
+                        f"from the project's folder (bash scripts/setup.sh does)") from exc
     if launched_size() > 1:
         raise UserError("the inspection page runs in one process; start it without torchrun")
     config = settings_from(PageConfig, args)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from ..config import ModelConfig, ResolvedConfig, RunOptions, is_bank_file
 from ..errors import UserError
 from ..files import os_error
-from .flags import add_settings, aliases, given_settings, path_arg
+from .flags import add_settings, aliases, default_of, explicit_flags, given_settings, path_arg
 
 if TYPE_CHECKING:  # annotations only: --help must not import torch
     from ..detector.facade import DHRCLIP
@@ -93,6 +93,7 @@ def run(main: Callable[[argparse.Namespace], object], parser: argparse.ArgumentP
     program (a full disk, CUDA memory, a process of the job lost), end as one line on stderr with
     status 2."""
     args = parser.parse_args(argv)
+    args.written = explicit_flags(parser, argv)  # which flags the user wrote, for commands that merge settings
     debug = getattr(args, "debug", False)
     rank, processes = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     level = logging.DEBUG if debug else logging.INFO if rank == 0 else logging.WARNING  # torchrun: rank 0 reports
@@ -148,6 +149,23 @@ def machine_failure(exc: Exception, batch_size: int | None, rank: int, processes
         return (f"process {rank} of {processes} stopped: {lost} of this torchrun job died while they exchanged "
                 f"results; its own error, if it left one, is above, and torchrun's summary names its exit code")
     return None
+
+
+def grid_from(parser: argparse.ArgumentParser, source: str) -> None:
+    """Leave --grid and --max_tiles unset by default, so that a run can take them from ``source``
+    (a file it reads) when they are not given."""
+    for action in parser._actions:
+        if action.dest in ("grid", "max_tiles"):
+            action.help = f"{action.help or ''} (default: {action.default}; {source})"
+            action.default = None
+
+
+def resolved_grid(args: argparse.Namespace, record: dict[str, Any] | None, cls: type) -> dict[str, Any]:
+    """``grid`` and ``max_tiles`` as given, else as ``record`` (a file's grid) has them, else the
+    defaults of ``cls``."""
+    mode = args.grid or (record["mode"] if record else default_of(cls, "grid"))
+    most = args.max_tiles or (record.get("max_tiles") if record else None) or default_of(cls, "max_tiles")
+    return {"grid": mode, "max_tiles": most}
 
 
 def fail(message: str) -> None:

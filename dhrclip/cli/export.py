@@ -5,7 +5,16 @@ import argparse
 
 from ..config import ExportConfig
 from ..errors import UserError
-from .common import add_checkpoint_flag, add_model_flags, model_overrides, print_config, run, with_reference
+from .common import (
+    add_checkpoint_flag,
+    add_model_flags,
+    grid_from,
+    model_overrides,
+    print_config,
+    resolved_grid,
+    run,
+    with_reference,
+)
 from .flags import add_settings, new_parser, settings_from
 
 
@@ -14,7 +23,8 @@ def parser() -> argparse.ArgumentParser:
                    "settings default to those the checkpoint was trained with; --precision fp16 exports a "
                    "half-precision vision tower for GPUs.")
     add_checkpoint_flag(p, required=True)
-    add_settings(p, ExportConfig)
+    add_settings(p, ExportConfig, exclude=("precision",))  # the run's: the export has its own
+    grid_from(p, "with --threshold_file, the file's")
     add_model_flags(p, from_checkpoint=True)
     return p
 
@@ -25,7 +35,9 @@ def _export(args: argparse.Namespace) -> None:
     from ..detector.results import Thresholds
     from ..detector.thresholds import read_threshold_file
 
-    config = settings_from(ExportConfig, args)
+    saved = read_threshold_file(args.threshold_file) if args.threshold_file is not None else None
+    config = settings_from(ExportConfig, args, precision=None,  # --precision is the export's own setting
+                           **resolved_grid(args, saved.signature.grid if saved else None, ExportConfig))
     overrides = {k: v for k, v in model_overrides(args).items() if k != "pretrained"}
     if args.print_config:
         print_config(DHRCLIP.resolve_config(args.checkpoint_path, args.pretrained, **overrides))
@@ -39,20 +51,13 @@ def _export(args: argparse.Namespace) -> None:
     if config.reference is not None:
         model = with_reference(model, config.reference, config.run)
     thresholds = Thresholds()
-    if config.threshold_file is not None:
-        saved = read_threshold_file(config.threshold_file)
+    if saved is not None:
         if saved.signature.config is None:
-            raise UserError(f"{config.threshold_file} records no settings, so it cannot be checked against this "
-                            f"export; recalibrate with predict.py --grid fixed", field="threshold_file")
-        export_grid = model.grid_for(config.run)
-        if not export_grid.matches(saved.signature.grid):
-            raise UserError(f"{config.threshold_file} was calibrated with {saved.signature.grid['mode']} grid "
-                            f"(predict.py's default is auto), and this export holds the {export_grid.mode} grid; "
-                            f"calibrate for it with predict.py --grid {export_grid.mode} --calibrate_on GOOD_IMAGES",
-                            field="threshold_file")
+            raise UserError(f"{saved.path} records no settings, so it cannot be checked against this export; "
+                            f"recalibrate with predict.py --calibrate_on", field="threshold_file")
         saved.check(model.signature(config.run))
         thresholds = saved.thresholds
-    path = export_onnx(model, config.output, thresholds, config.run.precision or "fp32", config.run, config.opset)
+    path = export_onnx(model, config.output, thresholds, config.exported_precision, config.run, config.opset)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB); run it with predict.py --onnx {path} --input ...")
 
 

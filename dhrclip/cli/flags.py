@@ -14,8 +14,18 @@ from dataclasses import MISSING, Field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import DemoConfig, EvalConfig, ExportConfig, ModelConfig, PageConfig, PredictConfig, TrainConfig
+from ..config import (
+    FIXED_GRID,
+    DemoConfig,
+    EvalConfig,
+    ExportConfig,
+    ModelConfig,
+    PageConfig,
+    PredictConfig,
+    TrainConfig,
+)
 from ..config.fields import flag_name
+from ..errors import UserError
 
 SETTINGS = (ModelConfig, TrainConfig, EvalConfig, PredictConfig, ExportConfig, PageConfig, DemoConfig)
 
@@ -163,7 +173,12 @@ def settings_from(cls: type, args: argparse.Namespace, **given: Any) -> Any:
             values[f.name] = given[f.name]
         elif _given(f, args):
             values[f.name] = _flag_value(f, args)
-    return cls(**values)
+    made = cls(**values)
+    run = getattr(made, "run", None)
+    if run is not None and run.grid == FIXED_GRID and "max_tiles" in getattr(args, "written", ()):
+        raise UserError("max_tiles bounds the tiles of grid auto; grid fixed always cuts tiles_per_side × "
+                        "tiles_per_side tiles", field="max_tiles")
+    return made
 
 
 def _given(f: Field, args: argparse.Namespace) -> bool:
@@ -173,6 +188,26 @@ def _given(f: Field, args: argparse.Namespace) -> bool:
 
 def _flag_value(f: Field, args: argparse.Namespace) -> Any:
     return getattr(args, flag_name(f) or f.name)
+
+
+def explicit_flags(parser: argparse.ArgumentParser, argv: list[str] | None) -> set[str]:
+    """The destinations of the flags written on the command line ``argv``, whatever their values
+    (a flag given with its default value is still given): ``argv`` parsed again with every
+    default suppressed."""
+    saved = [(action, action.default, action.required) for action in parser._actions]
+    try:
+        for action, _, _ in saved:
+            action.default, action.required = argparse.SUPPRESS, False
+        return set(vars(parser.parse_known_args(argv)[0]))
+    finally:
+        for action, default, required in saved:
+            action.default, action.required = default, required
+
+
+def explicit_settings(cls: type, args: argparse.Namespace, written: set[str]) -> dict[str, Any]:
+    """The settings of ``cls`` (nested ones included) whose flags are among the ``written``
+    destinations (``explicit_flags``), by setting name."""
+    return {f.name: _flag_value(f, args) for f, _ in _leaves(cls) if flag_name(f) in written}
 
 
 def given_settings(cls: type, args: argparse.Namespace) -> dict[str, Any]:

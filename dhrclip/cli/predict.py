@@ -11,9 +11,11 @@ from .common import (
     EXIT_SKIPPED,
     add_checkpoint_flag,
     add_model_flags,
+    grid_from,
     join_processes,
     load_detector,
     model_overrides,
+    resolved_grid,
     run,
 )
 from .flags import add_settings, default_of, new_parser, path_arg, settings_from
@@ -26,9 +28,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--onnx", type=path_arg, default=None,
                    help="an exported model (export.py) to run with onnxruntime instead of --checkpoint_path")
     add_settings(p, PredictConfig)
-    grid = next(action for action in p._actions if action.dest == "grid")
-    grid.default = None
-    grid.help = (grid.help or "") + " (default: auto; with --onnx, the grid the file was exported with)"
+    grid_from(p, "with --onnx, the file's")
     add_model_flags(p, from_checkpoint=True)
     return p
 
@@ -50,7 +50,11 @@ def _check_onnx_flags(args: argparse.Namespace) -> None:
 
 def _onnx_providers(device: str) -> list[str]:
     """onnxruntime's execution providers for --device: CUDA's (with the CPU for what it lacks) or the CPU's."""
-    import onnxruntime
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise UserError("running an ONNX file needs onnxruntime: pip install -e '.[deploy]' (or pip install "
+                        "onnxruntime)", field="onnx") from exc
 
     available = onnxruntime.get_available_providers()
     if device.startswith("cuda") or (device == "auto" and "CUDAExecutionProvider" in available):
@@ -75,10 +79,15 @@ def _predict(args: argparse.Namespace) -> None:
 
         _check_onnx_flags(args)
         join_processes("cpu")  # under torchrun the inputs are shared out (gloo), whichever device runs the graph
-        onnx = OnnxDetector(args.onnx, _onnx_providers(args.device))
-    own = onnx.metadata.signature.grid["mode"] if onnx is not None else default_of(PredictConfig, "grid")
-    grid = args.grid or own
-    config = settings_from(PredictConfig, args, grid=grid)
+        if args.runtime == "openvino" and args.device not in ("auto", "cpu"):
+            raise UserError(f"device {args.device}: runtime openvino runs here on the CPU; use device cpu",
+                            field="device")
+        providers = _onnx_providers(args.device) if args.runtime == "onnxruntime" else None
+        onnx = OnnxDetector(args.onnx, providers, runtime=args.runtime)
+    elif args.runtime != default_of(PredictConfig, "runtime"):
+        raise UserError("runtime chooses what runs an exported file; give it with onnx", field="runtime")
+    config = settings_from(PredictConfig, args, **resolved_grid(args, onnx.metadata.signature.grid if onnx else None,
+                                                                PredictConfig))
     if not args.print_config:  # a wrong input or output folder fails before the model loads
         from ..data.images import collect_images
 

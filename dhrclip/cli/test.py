@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ..config import EvalConfig
-from .common import add_checkpoint_flag, add_model_flags, load_detector, run
+from .common import EXIT_SKIPPED, add_checkpoint_flag, add_model_flags, load_detector, run
 from .flags import add_settings, new_parser, settings_from
 
 
@@ -26,8 +27,8 @@ def _test(args: argparse.Namespace) -> None:
     if not args.print_config:
         read_meta(config.data_path, "test", config.classes)  # a wrong dataset fails before the model loads
     model = load_detector(args, config.run)
-    if model is not None:
-        evaluate(model, config)
+    if model is not None and evaluate(model, config)["skipped"]:
+        sys.exit(EXIT_SKIPPED)
 
 
 def main(argv: list[str] | None = None) -> None:

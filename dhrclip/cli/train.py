@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ..config import TrainConfig, resolve_model_config
+from ..errors import UserError
 from .common import add_model_flags, join_processes, model_overrides, print_config, run
-from .flags import add_settings, new_parser, settings_from
+from .flags import add_settings, explicit_settings, new_parser, settings_from
 
 
 def parser() -> argparse.ArgumentParser:
@@ -17,18 +19,33 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from ..detector.checkpoint import latest_checkpoint, read_checkpoint
+    from ..detector.checkpoint import latest_checkpoint, read_checkpoint, read_resume_state
     from ..engine.training import train
 
-    data = args.train_data_path or Path(f"./data/{args.dataset or 'mvtec'}")
-    config = settings_from(TrainConfig, args, data_path=data, device=join_processes(args.device))
-    last = latest_checkpoint(args.resume) if args.resume is not None else None
-    saved = read_checkpoint(last).config if last is not None else None
+    device = join_processes(args.device)
+    saved = None
+    if args.resume is not None:  # the recorded run, with the flags written on top
+        last = latest_checkpoint(args.resume)
+        if last is None:
+            raise UserError(f"resume {args.resume}: no epoch_N.pth to resume from", field="resume")
+        checkpoint = read_checkpoint(last)
+        given = explicit_settings(TrainConfig, args, args.written)
+        config = TrainConfig.continuing(read_resume_state(checkpoint).train_config, {**given, "device": device},
+                                        args.resume, f"checkpoint {last}")
+        saved = checkpoint.config
+    else:
+        data = args.train_data_path or Path(f"./data/{args.dataset or 'mvtec'}")
+        config = settings_from(TrainConfig, args, data_path=data, device=device)
     resolved = resolve_model_config(model_overrides(args), saved=saved, resume=saved is not None)
     if args.print_config:
         print_config(resolved)
         return
-    train(config, resolved.config)
+    try:
+        train(config, resolved.config)
+    except KeyboardInterrupt:
+        if any(config.save_path.glob("epoch_*.pth")):
+            print(f"to continue this run: train.py --resume {config.save_path}", file=sys.stderr)
+        raise
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -15,6 +15,7 @@ from .run import (
                     AUPRO_MODES,
                     AUTO_GRID,
                     DEFAULT_MAX_TILES,
+                    EXPORT_PRECISIONS,
                     FEATURE_CACHE_MODES,
                     FIGURE_SCALES,
                     FIXED_GRID,
@@ -35,7 +36,8 @@ from .run import (
                     with_run,
 )
 
-__all__ = ["AUPRO_MODES", "AUTO_GRID", "DEFAULT_MAX_TILES", "DEFAULT_MODEL", "DERIVED_FIELDS", "FEATURE_CACHE_MODES",
+__all__ = ["AUPRO_MODES", "AUTO_GRID", "DEFAULT_MAX_TILES", "DEFAULT_MODEL", "DERIVED_FIELDS", "EXPORT_PRECISIONS",
+           "FEATURE_CACHE_MODES",
            "FIGURE_SCALES", "FIXED_GRID", "GEOMETRY_FIELDS", "GRID_MODES", "MAP_NORMS", "METRIC_LEVELS", "ON_ERROR",
            "PRECISIONS", "PROMPT_FIELDS", "REFERENCE_CHECKPOINT_DEFAULTS", "TAP_FIELDS", "DemoConfig", "EvalConfig",
            "ExportConfig", "ModelConfig", "PageConfig", "PredictConfig", "ResolvedConfig", "RunOptions", "TrainConfig",

@@ -7,13 +7,18 @@ unless the field says otherwise.
 """
 from __future__ import annotations
 
+import logging
 import os
-from dataclasses import asdict, dataclass, is_dataclass, replace
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ..errors import UserError
 from .fields import choice, positive, require, setting, workers
 from .model import DEFAULT_MODEL
+
+log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 FEATURE_CACHE_MODES = ("auto", "off", "memory", "disk")
@@ -23,6 +28,8 @@ AUPRO_MODES = ("exact", "legacy")
 ON_ERROR = ("skip", "stop")
 FIGURE_SCALES = ("run", "image")
 EXPORT_FORMATS = ("onnx",)
+RUNTIMES = ("onnxruntime", "openvino")  # what runs an exported file
+EXPORT_PRECISIONS = ("fp32", "fp16", "int8")  # of an exported vision tower
 FIXED_GRID, AUTO_GRID = "fixed", "auto"
 GRID_MODES = (FIXED_GRID, AUTO_GRID)  # the T×T canvas with g×g tiles, or a grid chosen per image (core/grid.py)
 DEFAULT_MAX_TILES = 9
@@ -43,7 +50,7 @@ class RunOptions:
     batch_size: int = setting(8, help="images per batch", group=RUNTIME)
     num_workers: int | str = setting("auto", parse=workers, group=RUNTIME,
                                      help="DataLoader worker processes; auto: none for small jobs, up to 4 for "
-                                          "large ones")
+                                          "large ones (one per 4 cores when the model runs on the CPU)")
     bit_depth: int | None = setting(None, group=RUNTIME,
                                     help="significant bits of 16-bit images (default: the PNG's sBIT chunk, else "
                                          "inferred from each image's maximum as 10, 12, 14 or 16)")
@@ -144,6 +151,32 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return _plain(self)
 
+    @classmethod
+    def continuing(cls, recorded: Mapping[str, Any], given: Mapping[str, Any], resume: Path,
+                   where: str) -> TrainConfig:
+        """The settings of a run continued from ``resume``: those ``recorded`` in its checkpoint
+        (``to_dict``'s form), the folder itself as ``save_path``, and the ``given`` settings on
+        top: more epochs or another learning rate continue the run; another dataset would make
+        it a different run and is refused. Where the machine runs it (``device``,
+        ``num_workers``) is never inherited."""
+        own = {f.name for f in fields(cls) if f.name != "run"} - {"resume", "overwrite", "save_path"}
+        run_own = {f.name for f in fields(RunOptions)} - {"device", "num_workers"}
+        base = {k: v for k, v in recorded.items() if k in own | run_own}
+        data = given.get("data_path")
+        if data is not None and "data_path" in base and Path(data).resolve() != Path(base["data_path"]).resolve():
+            raise UserError(f"resume {resume}: the run trained on {base['data_path']}, not {data}; continuing it on "
+                            f"another dataset would make it another run (start one with save_path)", field="data_path")
+        merged = {**base, "save_path": resume, **{k: v for k, v in given.items() if v is not None}, "resume": resume}
+        for name in sorted(set(given) & set(base)):
+            if given[name] is not None and given[name] != base[name] and name != "data_path":
+                log.info("resuming with %s %s (the run recorded %s)", name, given[name], base[name])
+        try:
+            return cls(**{k: v for k, v in merged.items() if k in own | {"save_path", "resume", "overwrite"}},
+                       run=RunOptions(**{k: v for k, v in merged.items() if k in run_own | {"device", "num_workers"}}))
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"{where} records training settings this version cannot use ({exc}); give them as "
+                            f"settings", field="resume") from exc
+
 
 @dataclass
 class EvalConfig:
@@ -165,6 +198,9 @@ class EvalConfig:
     k_shot: int = setting(0, help="few-shot: a reference bank of K good images per class from the train split of "
                                   "meta.json, drawn with `seed` (0: zero-shot)")
     k_shot_runs: int = setting(1, help="few-shot draws (seeds `seed`, `seed`+1, ...), reported as mean ± std")
+    on_error: str = setting("skip", choices=ON_ERROR,
+                            help="an unreadable test image: leave it out of the metrics, name it in the log and "
+                                 "results.json (exit status 3 at the end), or stop (exit 2)")
     run: RunOptions = setting(factory=RunOptions)
 
     def __post_init__(self) -> None:
@@ -177,6 +213,7 @@ class EvalConfig:
         choice(self, "metrics", METRIC_LEVELS)
         choice(self, "map_norm", MAP_NORMS)
         choice(self, "aupro", AUPRO_MODES)
+        choice(self, "on_error", ON_ERROR)
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(self)
@@ -200,6 +237,9 @@ class PredictConfig:
                                  "(exit 2)")
     overwrite: bool = setting(False, help="replace a previous run's outputs in `save_path` and an existing "
                                           "`save_reference` file (without it either is refused)")
+    no_maps: bool = setting(False, help="write no maps/ folder of float16 maps (figures are still drawn unless "
+                                        "`no_figures`)")
+    no_figures: bool = setting(False, help="draw no figures/ (the table and, unless `no_maps`, the maps only)")
     figure_scale: str = setting("run", choices=FIGURE_SCALES,
                                 help="heatmap colours: one scale for the whole run, or one per image; either is "
                                      "widened to put the pixel threshold in the middle when there is one")
@@ -208,6 +248,8 @@ class PredictConfig:
                                                "map is added to the zero-shot one")
     save_reference: Path | None = setting(None, help="save the bank built from `reference` images to this "
                                                      ".safetensors file")
+    runtime: str = setting("onnxruntime", choices=RUNTIMES, help="with `onnx`: what runs the file (openvino needs "
+                                                                 "the openvino package)")
     run: RunOptions = setting(factory=_auto_grid)
 
     def __post_init__(self) -> None:
@@ -220,6 +262,8 @@ class PredictConfig:
         require(self.save_reference is None or self.save_reference.suffix == ".safetensors", "save_reference",
                 f"must name a .safetensors file, got {self.save_reference}")
         choice(self, "figure_scale", FIGURE_SCALES)
+        require(self.calibrate_on is None or self.threshold_file is None, "calibrate_on",
+                "sets new thresholds and `threshold_file` gives saved ones; give one of them")
         require(0.0 < self.calibrate_quantile <= 1.0, "calibrate_quantile",
                 f"must be in (0, 1], got {self.calibrate_quantile}")
 
@@ -229,7 +273,8 @@ class PredictConfig:
 
 @dataclass
 class ExportConfig:
-    """Settings of an export to one ONNX file; ``run.precision`` is the exported vision tower's."""
+    """Settings of an export to one ONNX file: ``run.grid`` is the grid it is exported for (by
+    default the auto grid, as predict.py runs), ``exported_precision`` its vision tower's."""
 
     output: Path = setting(help="the .onnx file to write")
     format: str = setting("onnx", choices=EXPORT_FORMATS, help="file format")
@@ -239,7 +284,11 @@ class ExportConfig:
                                                "the graph")
     opset: int = setting(18, help="ONNX opset (18 or newer)")
     overwrite: bool = setting(False, help="replace an existing `output` file")
-    run: RunOptions = setting(factory=RunOptions)
+    exported_precision: str = setting("fp32", flag="precision", choices=EXPORT_PRECISIONS,
+                                      help="the vision tower in the file: fp32; fp16 (for GPUs); int8, its matrix "
+                                           "products quantised to 8 bits (for CPUs; the export logs how far its maps "
+                                           "are from fp32's)")
+    run: RunOptions = setting(factory=_auto_grid)
 
     def __post_init__(self) -> None:
         self.output = Path(self.output)

@@ -53,7 +53,8 @@ def dual_attention(attn: nn.MultiheadAttention, x: torch.Tensor) -> tuple[torch.
     original = F.scaled_dot_product_attention(q, k, v)
     vv = F.scaled_dot_product_attention(v, v, v)
     both = attn.out_proj(_merge(torch.cat([original, vv], dim=0)))
-    return both.chunk(2, dim=0)
+    b = x.shape[0]  # sliced, not chunked: a chunk's size is a division the export tracer cannot prove
+    return both[:b], both[b:]
 
 
 def block_forward(block: Any, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -21,13 +22,13 @@ from safetensors.torch import save
 
 from ..config import DEFAULT_MAX_TILES, FIXED_GRID, ModelConfig
 from ..files import atomic_write
-from .grid import TileGrid
-from .maps import combine_views
+from .runtime import exporting
 
 log = logging.getLogger(__name__)
 
 CHUNK = 4096  # queries and bank rows per similarity block: at most CHUNK² floats at a time
 BANK_FORMAT = 1
+SCALE_SAMPLE = 1024  # bank tokens whose leave-one-out distances set a layer's unit (evenly spaced)
 
 
 @dataclass
@@ -57,17 +58,37 @@ class ReferenceBank:
         return ReferenceBank(moved[0], moved[1], self.global_owner.to(device), self.tile_owner.to(device),
                              self.config, dict(self.grid), list(self.sources))
 
-    def distance_maps(self, global_tokens: list[torch.Tensor], tile_tokens: list[torch.Tensor],
-                      global_grid: tuple[int, int], tile_grid: tuple[int, int], tiles: TileGrid,
-                      global_size: tuple[int, int], alpha: float, exclude: torch.Tensor | None = None,
-                      inside: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        """(B, H, W) few-shot map on the canvas: per layer and view, 1 − the largest cosine
-        similarity of each token to the bank, upsampled, stitched and mixed like the zero-shot
-        maps, then averaged over layers. ``exclude``: per image, a reference image whose tokens
-        it must not be matched with (-1 for none). ``inside``: (B, global patches) and
-        (B·tiles, tile patches) masks of the tokens on the image; the others get distance 0."""
+    @cached_property
+    def units(self) -> list[tuple[float, float]]:
+        """Per tapped layer, (global, tile): how far the bank's own tokens lie from the other
+        reference images' (the mean leave-one-out nearest-neighbour distance of up to
+        ``SCALE_SAMPLE`` of its tokens; with one image, from its other tokens). The few-shot
+        map counts distance in these units, so that its scale does not depend on the layer,
+        the backbone or the number of taps (docs/method.md §11)."""
+        units = []
+        for g, t in zip(self.global_tokens, self.tile_tokens):
+            units.append((self._unit(g, self.global_owner), self._unit(t, self.tile_owner)))
+        return units
+
+    def _unit(self, tokens: torch.Tensor, owner: torch.Tensor) -> float:
+        if self.images < 2:  # one image: leave out the token itself
+            owner = torch.arange(len(tokens), device=tokens.device)
+        pick = torch.linspace(0, len(tokens) - 1, min(SCALE_SAMPLE, len(tokens)), device=tokens.device).long()
+        distance = 1 - nearest_similarity(tokens[pick], tokens, owner, owner[pick])
+        return max(float(distance.mean()), 1e-6)
+
+    def token_distances(self, global_tokens: list[torch.Tensor], tile_tokens: list[torch.Tensor],
+                        global_grid: tuple[int, int], tile_grid: tuple[int, int],
+                        exclude: torch.Tensor | None = None, scaled: bool = True
+                        ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per tapped layer, 1 − the largest cosine similarity of each view token to the bank's
+        tokens of its view kind, as token grids: (B, 1, r, c) of the global views and (B·tiles,
+        1, r', c') of the tiles; with ``scaled``, in units of twice the layer's ``units``, so
+        that a token as far from the bank as good parts are from each other scores 0.5.
+        ``exclude``: per image, a reference image whose tokens it must not be matched with (-1
+        for none)."""
         b = global_tokens[0].shape[0]
-        per_tile = tiles.count
+        per_tile = tile_tokens[0].shape[0] // b
         layers = []
         for layer, (g, t) in enumerate(zip(global_tokens, tile_tokens)):
             g_patches, t_patches = g[:, 1:], t[:, 1:]
@@ -79,12 +100,11 @@ class ReferenceBank:
                                             g_skip)
             t_dist = 1 - nearest_similarity(t_patches.flatten(0, 1), self.tile_tokens[layer], self.tile_owner,
                                             t_skip)
-            g_dist, t_dist = g_dist.view(b, -1), t_dist.view(b * per_tile, -1)
-            if inside is not None:
-                g_dist, t_dist = g_dist * inside[0].to(g_dist), t_dist * inside[1].to(t_dist)
-            layers.append(combine_views(g_dist.view(b, 1, *global_grid), t_dist.view(b * per_tile, 1, *tile_grid),
-                                         tiles, global_size, alpha)[:, 0])
-        return torch.stack(layers).mean(dim=0)
+            if scaled:
+                g_unit, t_unit = self.units[layer]
+                g_dist, t_dist = g_dist / (2 * g_unit), t_dist / (2 * t_unit)
+            layers.append((g_dist.reshape(b, 1, *global_grid), t_dist.reshape(-1, 1, *tile_grid)))
+        return layers
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the bank as safetensors, atomically: a kill leaves the old file or the new one.
@@ -98,19 +118,13 @@ class ReferenceBank:
         atomic_write(Path(path), lambda f: f.write(data))
 
 
-def _exporting() -> bool:
-    """Whether torch.export is tracing this call (a question older torch releases cannot ask)."""
-    check = getattr(torch.compiler, "is_exporting", None)
-    return bool(check and check())
-
-
 def nearest_similarity(queries: torch.Tensor, bank: torch.Tensor, owner: torch.Tensor,
                        exclude: torch.Tensor | None = None) -> torch.Tensor:
     """(M,) largest cosine similarity of each of the (M, E) ``queries`` to the normalised (N, E)
     ``bank``, in blocks of CHUNK × CHUNK so memory stays bounded; a query never matches the
     bank rows whose ``owner`` equals its ``exclude`` entry."""
     queries = F.normalize(queries.float(), dim=-1)
-    if _exporting():  # a graph takes any batch: one block of queries, the bank in blocks
+    if exporting():  # a graph takes any batch: one block of queries, the bank in blocks
         best = torch.full_like(queries[:, 0], -torch.inf)
         for start in range(0, bank.shape[0], CHUNK):
             best = torch.maximum(best, (queries @ bank[start:start + CHUNK].float().t()).max(dim=1).values)

@@ -82,6 +82,12 @@ class TileGrid:
     def count(self) -> int:
         return self.rows * self.cols
 
+    @property
+    def partitions(self) -> bool:
+        """Whether the tiles cut the canvas exactly, side by side (always on the auto grid; on the
+        fixed grid when g·P = T), so that tiling is a reshape."""
+        return bool(self.rows * self.tile == self.height and self.cols * self.tile == self.width)
+
 
 @dataclass(frozen=True)
 class Placement:

@@ -1,10 +1,15 @@
 """From view features to anomaly maps and image scores (docs/method.md §5, §6)."""
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.ndimage import gaussian_filter
 
 from .grid import TileGrid
+from .runtime import exporting
 from .tiling import stitch
 
 TEMPERATURE = 0.07
@@ -49,13 +54,14 @@ def _symmetric_indices(size: int, radius: int, device: torch.device) -> torch.Te
 
 def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian of (B, H, W) maps, equal to ``scipy.ndimage.gaussian_filter``
-    with its defaults (truncate 4, 'reflect' borders), computed on the maps' device."""
+    with its defaults (truncate 4, 'reflect' borders), computed on the maps' device. On the CPU
+    (outside autograd and export) it is scipy's own, one map per thread: a 65-tap pass over
+    672² maps takes 8 ms per map there against 23 ms as two convolutions."""
     if sigma <= 0:
         return maps
-    radius = int(4.0 * sigma + 0.5)
-    x = torch.arange(-radius, radius + 1, device=maps.device, dtype=torch.float64)
-    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
-    kernel = (kernel / kernel.sum()).to(maps.dtype)
+    if maps.device.type == "cpu" and maps.dtype == torch.float32 and not maps.requires_grad and not exporting():
+        return _host_blur(maps, sigma)
+    kernel, radius = _kernel(sigma, maps)
     out = maps.unsqueeze(1)
     h, w = maps.shape[-2:]
     out = out[..., _symmetric_indices(h, radius, maps.device), :]
@@ -63,6 +69,57 @@ def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     out = out[..., _symmetric_indices(w, radius, maps.device)]
     out = F.conv2d(out, kernel.view(1, 1, 1, -1))
     return out.squeeze(1)
+
+
+def _host_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``gaussian_blur`` by scipy on the host, the maps shared out over torch's CPU threads
+    (scipy's filters release the GIL)."""
+    source = maps.contiguous().numpy()
+    out = np.empty_like(source)
+    with ThreadPoolExecutor(max(1, min(torch.get_num_threads(), len(source)))) as pool:
+        list(pool.map(lambda k: gaussian_filter(source[k], sigma, output=out[k]), range(len(source))))
+    return torch.from_numpy(out)
+
+
+def _kernel(sigma: float, like: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """scipy.ndimage's Gaussian weights for ``sigma`` (truncate 4) and their radius."""
+    radius = int(4.0 * sigma + 0.5)
+    x = torch.arange(-radius, radius + 1, device=like.device, dtype=torch.float64)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    return (kernel / kernel.sum()).to(like.dtype), radius
+
+
+def _box_operator(start: torch.Tensor, length: torch.Tensor, size: int, kernel: torch.Tensor,
+                  radius: int) -> torch.Tensor:
+    """(B, size, size) matrices of a Gaussian along one axis within each box's [start, start +
+    length), mirrored at the box's edges as ``gaussian_blur`` mirrors at a map's; rows outside
+    the box are zero."""
+    position = torch.arange(size, device=start.device)
+    offset = torch.arange(-radius, radius + 1, device=start.device)
+    relative = position[None, :, None] - start[:, None, None] + offset[None, None, :]
+    period = 2 * length[:, None, None]
+    relative = torch.remainder(relative, period)
+    source = start[:, None, None] + torch.where(relative >= length[:, None, None], period - 1 - relative, relative)
+    inside = (position[None] >= start[:, None]) & (position[None] < (start + length)[:, None])
+    weights = kernel[None, None, :] * inside[:, :, None].to(kernel.dtype)
+    matrix = torch.zeros(start.shape[0], size, size, dtype=kernel.dtype, device=start.device)
+    return matrix.scatter_add(2, source, weights)
+
+
+def box_blur(maps: torch.Tensor, boxes: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(B, H, W) maps smoothed within each image's box (B, 4: top, left, height, width), equal to
+    ``gaussian_blur`` of the box alone (mirrored at the box's edges, so no padding enters), and
+    zero outside it. Written as one matrix per axis and image, so a batch of boxes of any sizes
+    runs as two batched products, on the device and in an exported graph alike."""
+    height, width = maps.shape[-2:]
+    if sigma <= 0:
+        kernel, radius = torch.ones(1, dtype=maps.dtype, device=maps.device), 0
+    else:
+        kernel, radius = _kernel(sigma, maps)
+    top, left, h, w = boxes.unbind(dim=1)
+    rows = _box_operator(top, h, height, kernel, radius)
+    cols = _box_operator(left, w, width, kernel, radius)
+    return rows @ maps @ cols.transpose(1, 2)
 
 
 def minmax_normalize(maps: torch.Tensor) -> torch.Tensor:

@@ -5,18 +5,26 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from open_clip.model import CLIP
 from torch import nn
 
 from ..config import ModelConfig
 from ..errors import UserError
 from .fewshot import ReferenceBank
-from .grid import FixedGrid, Placement, TileGrid, global_view_size
-from .maps import anomaly_score_map, combine_views, gaussian_blur, image_logits, image_scores, token_probabilities
+from .grid import FixedGrid, Placement, TileGrid
+from .maps import (
+    anomaly_score_map,
+    box_blur,
+    combine_views,
+    gaussian_blur,
+    image_logits,
+    image_scores,
+    token_probabilities,
+)
 from .prompts import PromptLearner, TextEncoder
+from .resize import resize_antialiased
 from .runtime import autocast
-from .tiling import crop, pixels_inside, shared_tiles, tokens_inside
+from .tiling import Layout, crop
 from .vision import VisionEncoder
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -35,16 +43,11 @@ class ViewFeatures:
     tile_grid: tuple[int, int]
     tiles: TileGrid                     # the canvas and its tiles
     global_size: tuple[int, int]        # (height, width) of the global view
+    boxes: torch.Tensor | None = None   # (B, 4) each image's box on its canvas; None: they fill it
 
-
-def with_few_shot(maps: torch.Tensor, scores: torch.Tensor, few: torch.Tensor | None
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Smoothed (B, h, w) zero-shot maps and (B,) scores, with a reference bank's smoothed few-shot
-    maps added: the maps sum, and the score is the mean of the zero-shot score and the few-shot
-    map's maximum (docs/method.md §11)."""
-    if few is None:
-        return maps, scores
-    return maps + few, (scores + few.flatten(1).max(dim=1).values) / 2
+    @property
+    def layout(self) -> Layout:
+        return Layout(self.tiles, self.global_size, self.boxes)
 
 
 class DHRCLIPNetwork(nn.Module):
@@ -95,29 +98,36 @@ class DHRCLIPNetwork(nn.Module):
         """uint8 (B, 3, T, T) canvas -> CLIP-normalised float."""
         return (canvas.float() / 255.0 - self.mean) / self.std
 
+    def layout(self, placements: Sequence[Placement] | None, device: torch.device) -> Layout:
+        """The ``Layout`` of a batch placed as ``placements`` (None: every image fills the fixed
+        T×T canvas, whatever the batch size)."""
+        return Layout.of(placements or [self.fixed_grid.place()], self.config.image_size, self.vision.patch_size,
+                         device)
+
     @torch.no_grad()
     def encode_views(self, canvas: torch.Tensor, placements: Sequence[Placement] | None = None) -> ViewFeatures:
-        """Encode the global view and all tiles of a batch of canvases of one tile grid.
+        """Encode the global view and all tiles of a batch of canvases of one tile grid, placed
+        as ``placements`` (as in ``forward``)."""
+        return self.encode(canvas, self.layout(placements, canvas.device))
 
-        ``placements`` as in ``forward``. The canvas outside each image's box is padding: zero
-        after normalisation, the CLIP mean colour. All tiles of the batch go through one forward
-        and all global views through another; when they have one size they share a single
-        forward. The vision tower runs
-        under autocast at ``self.precision``.
-        """
-        placements = placements or [self.fixed_grid.place()]
-        tiles = shared_tiles(placements)
+    @torch.no_grad()
+    def encode(self, canvas: torch.Tensor, layout: Layout) -> ViewFeatures:
+        """``encode_views`` of canvases laid out as ``layout``. The canvas outside each image's
+        box is padding: zero after normalisation, the CLIP mean colour. All tiles of the batch
+        go through one forward and all global views through another; when they have one size
+        they share a single forward. The vision tower runs under autocast at ``self.precision``."""
+        tiles, size = layout.tiles, layout.global_size
         if tuple(canvas.shape[-2:]) != tiles.size:
             raise ValueError(f"canvas {tuple(canvas.shape[-2:])} does not match its grid {tiles.size}")
         images = self.normalize(canvas)
-        if not all(p.fills_canvas for p in placements):
-            images = images * pixels_inside(placements, images.device)
-        size = global_view_size(*tiles.size, self.config.image_size, self.vision.patch_size)
-        global_views = F.interpolate(images, size=size, mode="bicubic", antialias=True, align_corners=False)
+        if layout.boxes is not None:
+            images = images * layout.pixels_inside()
+        global_views = resize_antialiased(images, size)
         crops = crop(images, tiles)
         b = images.shape[0]
         with autocast(canvas.device, self.precision):
-            if global_views.shape[-2:] == crops.shape[-2:]:
+            # one forward when the views have one size (sizes known while tracing are compared only then)
+            if isinstance(size[0], int) and isinstance(size[1], int) and size == (tiles.tile, tiles.tile):
                 out = self.vision(torch.cat([global_views, crops]))
                 g_out = t_out = out
                 g_slice, t_slice = slice(0, b), slice(b, None)
@@ -133,6 +143,7 @@ class DHRCLIPNetwork(nn.Module):
             tile_grid=t_out.grid,
             tiles=tiles,
             global_size=size,
+            boxes=layout.boxes,
         )
 
     def text_features(self, learned: tuple[torch.Tensor, list[torch.Tensor]] | None = None) -> torch.Tensor:
@@ -141,37 +152,42 @@ class DHRCLIPNetwork(nn.Module):
         with torch.autocast(self.clip.text_projection.device.type, enabled=False):
             return self.text(learned)
 
-    def layer_maps(self, feats: ViewFeatures, text: torch.Tensor) -> list[torch.Tensor]:
+    def layer_maps(self, feats: ViewFeatures, text: torch.Tensor, fill: bool = False) -> list[torch.Tensor]:
         """Combined (B, 2, H, W) probability map M on the canvas for every tapped layer
-        (docs/method.md §5 steps 1-4)."""
-        return [
-            combine_views(token_probabilities(g, text, feats.global_grid),
-                          token_probabilities(t, text, feats.tile_grid), feats.tiles, feats.global_size,
-                          self.config.alpha)
-            for g, t in zip(feats.global_tokens, feats.tile_tokens)
-        ]
+        (docs/method.md §5 steps 1-4). With ``fill``, padding tokens first take the values of
+        the nearest tokens on the image (``Layout.fill_padding``), as inference does; training
+        scores the whole canvas against masks that mark the padding normal."""
+        maps = []
+        for g, t in zip(feats.global_tokens, feats.tile_tokens):
+            g_probs = token_probabilities(g, text, feats.global_grid)
+            t_probs = token_probabilities(t, text, feats.tile_grid)
+            if fill:
+                g_probs, t_probs = feats.layout.fill_padding(g_probs, t_probs, feats.global_grid, feats.tile_grid)
+            maps.append(combine_views(g_probs, t_probs, feats.tiles, feats.global_size, self.config.alpha))
+        return maps
 
     def anomaly_maps(self, feats: ViewFeatures, text: torch.Tensor) -> torch.Tensor:
-        """Raw (B, H, W) anomaly maps on the canvas, before smoothing and normalisation."""
-        return anomaly_score_map(self.layer_maps(feats, text))
+        """Raw (B, H, W) anomaly maps on the canvas, before smoothing and normalisation; inside
+        each image's box they do not depend on its padding."""
+        return anomaly_score_map(self.layer_maps(feats, text, fill=True))
 
     def image_logits(self, feats: ViewFeatures, text: torch.Tensor) -> torch.Tensor:
         """(B, 2) image-level logits (docs/method.md §6), before the temperature."""
         return image_logits(feats.global_embedding, feats.tile_embedding, text, feats.tiles, self.config.alpha)
 
-    def few_shot_maps(self, feats: ViewFeatures, placements: Sequence[Placement] | None = None,
-                      exclude: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, H, W) distance of the batch's tokens to the reference bank (docs/method.md §11); tokens
-        of the padding count as distance 0, like the padding in the bank. ``placements`` as in
-        ``forward``."""
-        inside = None
-        if placements is not None and not all(p.fills_canvas for p in placements):
-            inside = tokens_inside(placements, feats.global_size, feats.global_grid, feats.tile_grid)
+    def few_shot_maps(self, feats: ViewFeatures, exclude: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, H, W) distance of the batch's tokens to the reference bank (docs/method.md §11), in
+        the bank's units (``ReferenceBank.token_distances``), per layer combined across views as
+        the zero-shot maps are, then summed over layers as they are; padding tokens take the
+        distances of the nearest tokens on the image."""
         if self.reference is None:
             raise ValueError("few_shot_maps needs a reference bank")
-        return self.reference.distance_maps(feats.global_tokens, feats.tile_tokens, feats.global_grid,
-                                            feats.tile_grid, feats.tiles, feats.global_size, self.config.alpha,
-                                            exclude, inside)
+        layers = []
+        for g, t in self.reference.token_distances(feats.global_tokens, feats.tile_tokens, feats.global_grid,
+                                                   feats.tile_grid, exclude):
+            g, t = feats.layout.fill_padding(g, t, feats.global_grid, feats.tile_grid)
+            layers.append(combine_views(g, t, feats.tiles, feats.global_size, self.config.alpha)[:, 0])
+        return torch.stack(layers).sum(dim=0)
 
     @torch.no_grad()
     def forward(self, canvas: torch.Tensor, placements: Sequence[Placement] | None = None,
@@ -181,28 +197,37 @@ class DHRCLIPNetwork(nn.Module):
         and (B,) image scores.
 
         ``placements``: where each image sits on its canvas (None: every image fills the fixed
-        T×T canvas, whatever the batch size, as the ONNX export traces it). Each map is cropped to
-        its image's box before smoothing, so padding never reaches it; maps come as a (B, H, W)
-        tensor when every image fills its canvas, else as a list. ``text`` is
-        ``text_features()``; pass it when calling batch after batch, since the prompts do not
-        change between batches at inference. With a ``reference`` bank set, the few-shot map is
-        added (``exclude``: per image, a reference image not to match it with, -1 for none).
+        T×T canvas, whatever the batch size). Maps come as a (B, H, W) tensor when every image
+        fills its canvas, else as a list of each image's box. ``text`` is ``text_features()``;
+        pass it when calling batch after batch, since the prompts do not change between batches
+        at inference. With a ``reference`` bank set, the few-shot map is added (``exclude``: per
+        image, a reference image not to match it with, -1 for none).
         """
         placements = placements or [self.fixed_grid.place()]  # one placement shared by the whole batch
+        maps, scores = self.detect(canvas, self.layout(placements, canvas.device), text, exclude)
+        if all(p.fills_canvas for p in placements):
+            return maps, scores
+        return [maps[i, p.box[0], p.box[1]] for i, p in enumerate(placements)], scores
+
+    def detect(self, canvas: torch.Tensor, layout: Layout, text: torch.Tensor | None = None,
+               exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward`` on canvases laid out as ``layout``: (B, H, W) float32 maps on the canvas,
+        each smoothed within its image's box (``maps.box_blur``) and zero outside it, and (B,)
+        scores. This is what the ONNX export traces, with the canvas size symbolic."""
         text = self.text_features() if text is None else text
-        feats = self.encode_views(canvas, placements)
-        zero = self.anomaly_maps(feats, text).float()
-        few = self.few_shot_maps(feats, placements, exclude).float() if self.reference is not None else None
-        scores = image_scores(self.image_logits(feats, text))
+        feats = self.encode(canvas, layout)
         sigma = self.config.sigma
-        if all(p.fills_canvas for p in placements):  # one batch, smoothed together
-            return with_few_shot(gaussian_blur(zero, sigma), scores,
-                                 None if few is None else gaussian_blur(few, sigma))
-        maps, image = [], []
-        for i, placed in enumerate(placements):  # each image's box, smoothed on its own
-            box = (slice(i, i + 1), *placed.box)
-            one, score = with_few_shot(gaussian_blur(zero[box], sigma), scores[i:i + 1],
-                                       None if few is None else gaussian_blur(few[box], sigma))
-            maps.append(one[0])
-            image.append(score)
-        return maps, torch.cat(image)
+
+        def smooth(maps: torch.Tensor) -> torch.Tensor:
+            maps = maps.float()
+            return gaussian_blur(maps, sigma) if layout.boxes is None else box_blur(maps, layout.boxes, sigma)
+
+        maps = smooth(self.anomaly_maps(feats, text))
+        scores = image_scores(self.image_logits(feats, text))
+        if self.reference is None:
+            return maps, scores
+        # the few-shot map adds to the zero-shot one, and its maximum per layer (on the image:
+        # zero outside the box, distances are not negative) to the score (docs/method.md §11)
+        few = smooth(self.few_shot_maps(feats, exclude))
+        layers = len(self.config.features_list)
+        return maps + few, (scores + few.flatten(1).max(dim=1).values / layers) / 2

@@ -22,7 +22,7 @@ def resolve_device(name: str) -> torch.device:
     except RuntimeError as exc:
         raise UserError(f"device {name} is not a device (use auto, cpu, cuda or cuda:N)", field="device") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {name} asked for CUDA, but this PyTorch sees no CUDA device; use device cpu",
+        raise UserError(f"device {name} asked for CUDA, but this PyTorch finds no CUDA GPU; use device cpu",
                         field="device")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise UserError(f"device {name} asked for Apple's MPS, which this machine or PyTorch lacks; use device cpu",
@@ -39,6 +39,12 @@ def resolve_precision(name: str | None, device: torch.device) -> torch.dtype:
     if name not in _DTYPES:
         raise UserError(f"precision {name!r} is not one of {', '.join(PRECISIONS)}", field="precision")
     return _DTYPES[name]
+
+
+def exporting() -> bool:
+    """Whether torch.export is tracing this call (a question older torch releases cannot ask)."""
+    check = getattr(torch.compiler, "is_exporting", None)
+    return bool(check and check())
 
 
 def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:

@@ -123,9 +123,7 @@ class CanvasDataset(Dataset):
         except UserError as exc:
             if not self.skip_errors:
                 raise
-            blank = self.grid.place(1, 1)
-            return {"image": torch.zeros(3, *blank.tiles.size, dtype=torch.uint8), "index": index,
-                    "size": torch.tensor([0, 0]), "placement": torch.tensor(blank.to_tuple()), "error": str(exc)}
+            return self._blank(index, item, str(exc))
         placed = self.grid.place(img.height, img.width)
         sample = {"image": placed_canvas(img, placed), "placement": torch.tensor(placed.to_tuple()), "index": index,
                   "size": torch.tensor([img.height, img.width])}
@@ -134,6 +132,21 @@ class CanvasDataset(Dataset):
             if self.masks is not None:
                 sample.update(self._truth(item, img, placed))
         return {**sample, "error": ""} if self.skip_errors else sample
+
+    def _blank(self, index: int, item: Item | None, error: str) -> dict:
+        """The sample of an image that could not be read: a blank canvas with the keys of a read
+        one (an empty mask, no regions), so that it batches with them until inference drops it."""
+        blank = self.grid.place(1, 1)
+        sample = {"image": torch.zeros(3, *blank.tiles.size, dtype=torch.uint8), "index": index,
+                  "size": torch.tensor([0, 0]), "placement": torch.tensor(blank.to_tuple()), "error": error}
+        if item is not None:
+            sample["label"] = item.anomaly
+            if self.masks is Masks.ON_CANVAS:
+                sample["mask"] = torch.zeros(blank.tiles.size, dtype=torch.bool)
+            elif self.masks is Masks.SCORED:
+                sample.update(mask=torch.zeros(0, 0, dtype=torch.bool), region_sizes=torch.zeros(0, dtype=torch.int32),
+                              regions=0)
+        return sample
 
     def _truth(self, item: Item, img: Image.Image, placed: Placement) -> dict:
         if item.masks:
@@ -151,12 +164,15 @@ class CanvasDataset(Dataset):
         return {"mask": scored, "region_sizes": torch.from_numpy(sizes), "regions": count}
 
 
-def worker_count(num_workers: int | str, images: int) -> int:
+def worker_count(num_workers: int | str, images: int, on_gpu: bool) -> int:
     """DataLoader workers: a count as given; ``auto`` starts none for small jobs, where worker
-    start-up costs more than it saves, and up to 4 for large ones."""
+    start-up costs more than it saves, and for large ones up to 4: one per core beside a GPU, but
+    with the model on the CPU one per four cores, since decoding then takes cores from the
+    model's own threads (on 2 cores none: there two workers gained test.py nothing)."""
     if num_workers != "auto":
         return int(num_workers)
-    return 0 if images < 64 else min(4, os.cpu_count() or 1)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return 0 if images < 64 else min(4, cores if on_gpu else cores // 4)
 
 
 def batches(dataset: CanvasDataset, pin_memory: bool = False) -> Iterator[dict]:
@@ -165,7 +181,7 @@ def batches(dataset: CanvasDataset, pin_memory: bool = False) -> Iterator[dict]:
     otherwise images are grouped by canvas as they are decoded: a group is run when it has
     ``batch_size`` images, and the rest at the end. An unreadable image (``error``) comes alone."""
     batch_size = dataset.run.batch_size
-    workers = worker_count(dataset.run.num_workers, len(dataset))
+    workers = worker_count(dataset.run.num_workers, len(dataset), pin_memory)
     if dataset.grid.uniform:
         yield from DataLoader(dataset, batch_size=batch_size, num_workers=workers, pin_memory=pin_memory,
                               collate_fn=collate)

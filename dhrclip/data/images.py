@@ -163,6 +163,22 @@ def canvas_array(img: Image.Image, size: int | tuple[int, int]) -> np.ndarray:
     return np.asarray(img.resize((w, h), Image.Resampling.BICUBIC), dtype=np.uint8).transpose(2, 0, 1)
 
 
+def resize_bilinear(amap: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear resize with half-pixel centres and edge clamping, the interpolation of
+    ``cv2.resize(..., INTER_LINEAR)`` that the PyTorch path uses."""
+    def axis(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        pos = np.maximum((np.arange(size_out) + 0.5) * size_in / size_out - 0.5, 0.0)
+        low = np.minimum(np.floor(pos).astype(np.int64), size_in - 1)
+        high = np.minimum(low + 1, size_in - 1)
+        return low, high, (pos - low).astype(np.float32)
+
+    y0, y1, fy = axis(amap.shape[0], height)
+    x0, x1, fx = axis(amap.shape[1], width)
+    top = amap[y0][:, x0] * (1 - fx) + amap[y0][:, x1] * fx
+    bottom = amap[y1][:, x0] * (1 - fx) + amap[y1][:, x1] * fx
+    return (top * (1 - fy)[:, None] + bottom * fy[:, None]).astype(np.float32)
+
+
 def load_mask(paths: Path | Sequence[Path], threshold: float = 0, max_pixels: int | None = None) -> np.ndarray:
     """A ground-truth mask as bool (H, W): a pixel is anomalous where its largest channel value
     exceeds ``threshold`` in any of ``paths`` (several files are read as their union). The

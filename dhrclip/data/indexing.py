@@ -298,13 +298,18 @@ def write_meta(root: Path, meta: dict) -> Path:
     return path
 
 
-def folder_index(root: Path, class_name: str | None = None) -> dict:
+TRAIN_FOLDER = "train"  # in a class folder: train/good/ holds normal training images (the few-shot pool)
+
+
+def folder_index(root: Path, class_name: str | None = None, train_good: Path | None = None) -> dict:
     """Index a plain layout: ``good/`` plus one folder per defect type, masks optional in
-    ``ground_truth/<defect>/<stem>_mask.*`` or ``<stem>.*``.
+    ``ground_truth/<defect>/<stem>_mask.*`` or ``<stem>.*``, and optionally ``train/good/`` with
+    normal images for the ``train`` split (what ``k_shot`` draws reference images from).
 
     ``root`` is one class (named ``class_name`` or after the folder) when it
     has a ``good/`` folder; otherwise every subfolder with ``good/`` is a class.
-    Everything goes into the ``test`` split.
+    The rest goes into the ``test`` split. ``train_good``: a folder of normal training
+    images for a one-class ``root``, instead of (or besides) its ``train/good/``.
     """
     root = Path(root)
     if not root.is_dir():
@@ -317,11 +322,14 @@ def folder_index(root: Path, class_name: str | None = None) -> dict:
     if not class_dirs:
         raise UserError(f"{root} has no good/ folder (nor subfolders with one); expected good/ plus a folder "
                         f"per defect type")
+    if train_good is not None and len(class_dirs) > 1:
+        raise UserError(f"train_good names the training images of one class, but {root} holds {len(class_dirs)} "
+                        f"classes; give each class folder a train/good/ folder instead", field="train_good")
     meta: dict = {"train": {}, "test": {}}
     for cls, folder in class_dirs.items():
         rows = []
-        for sub in sorted(p for p in folder.iterdir()
-                          if p.is_dir() and p.name != "ground_truth" and not p.name.startswith(".")):
+        for sub in sorted(p for p in folder.iterdir() if p.is_dir() and p.name not in ("ground_truth", TRAIN_FOLDER)
+                          and not p.name.startswith(".")):
             normal = is_good(sub.name)
             for image in images_in(sub):
                 mask = None if normal else find_mask(folder / "ground_truth" / sub.name, image)
@@ -329,16 +337,41 @@ def folder_index(root: Path, class_name: str | None = None) -> dict:
         if not rows:
             raise UserError(f"class folder {folder} holds no images")
         meta["test"][cls] = rows
+        training = [sub for g in GOOD_NAMES if (sub := folder / TRAIN_FOLDER / g).is_dir()]
+        training += [Path(train_good)] if train_good is not None else []
+        train_rows = [_train_row(root, image, cls) for sub in training for image in _good_images(sub)]
+        if train_rows:
+            meta["train"][cls] = train_rows
     return meta
+
+
+def _good_images(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise UserError(f"training images folder {folder} not found", field="train_good")
+    found = images_in(folder)
+    if not found:
+        raise UserError(f"training images folder {folder} holds no images", field="train_good")
+    return found
+
+
+def _train_row(root: Path, image: Path, cls: str) -> dict:
+    """A normal training image, its path relative to ``root`` where it lies below it."""
+    inside = image.resolve().is_relative_to(root.resolve())
+    path = image.resolve().relative_to(root.resolve()).as_posix() if inside else str(image.resolve())
+    return {"img_path": path, "mask_path": "", "cls_name": cls, "specie_name": "good", "anomaly": 0}
 
 
 _LABELS = {"0": 0, "1": 1, "normal": 0, "good": 0, "ok": 0, "anomaly": 1, "anomalous": 1, "bad": 1, "defect": 1,
            "ng": 1}
 
 
+SPLITS = ("test", "train")
+
+
 def csv_index(root: Path, table: Path) -> dict:
     """Index a CSV with columns ``image,mask,label,class`` (mask may be empty; label 0/1 or
-    normal/anomaly); paths are relative to ``root`` or absolute."""
+    normal/anomaly) and optionally ``split``: ``test`` (the default) or ``train``, for normal
+    training images (what ``k_shot`` draws from); paths are relative to ``root`` or absolute."""
     root, table = Path(root), Path(table)
     if not table.is_file():
         raise UserError(f"{table} not found")
@@ -354,7 +387,12 @@ def csv_index(root: Path, table: Path) -> dict:
             label = _LABELS.get(str(row["label"]).strip().lower())
             if label is None:
                 raise UserError(f"{table}:{line}: label {row['label']!r} is not 0/1 or normal/anomaly")
-            meta["test"].setdefault(row["class"], []).append({
+            split = str(row.get("split") or "test").strip().lower()
+            if split not in SPLITS:
+                raise UserError(f"{table}:{line}: split {row['split']!r} is not test or train")
+            if split == "train" and label:
+                raise UserError(f"{table}:{line}: the train split holds normal images only (label 0)")
+            meta[split].setdefault(row["class"], []).append({
                 "img_path": row["image"], "mask_path": row["mask"] or "", "cls_name": row["class"],
                 "specie_name": "good" if label == 0 else "defect", "anomaly": label})
     if not meta["test"]:

@@ -13,15 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import ModelConfig
+from ..config import DEFAULT_MAX_TILES, EXPORT_PRECISIONS, ModelConfig
 from ..config.fields import number
 from ..config.model import MAX_SIDE
+from ..core.grid import grid_for
 from ..detector.results import Thresholds
 from ..detector.signature import Signature, read_grid_record
 from ..errors import UserError
 
 PREFIX = "dhrclip."
-EXPORT_PRECISIONS = ("fp32", "fp16")
 
 
 @dataclass(frozen=True)
@@ -30,10 +30,11 @@ class OnnxMetadata:
 
     version: str
     signature: Signature             # settings, grid, checkpoint and bank it was exported with
-    canvas: int                      # the side of the (B, 3, T, T) canvas the graph takes
+    canvas: int                      # the side of the fixed grid's (B, 3, T, T) canvas
     precision: str
     thresholds: Thresholds           # stored at export; none known when both are None
     reference_images: list[str]      # the baked bank's images
+    patch: int | None = None         # the backbone's patch size (the auto grid's global view needs it)
 
     @property
     def config(self) -> ModelConfig:
@@ -50,6 +51,7 @@ class OnnxMetadata:
             "config": json.dumps(self.config.to_dict()),
             "grid": json.dumps(signature.grid),
             "canvas": str(self.canvas),
+            "patch": str(self.patch or ""),
             "precision": self.precision,
             "checkpoint": signature.checkpoint or "",
             "checkpoint_fingerprint": signature.checkpoint_fingerprint or "",
@@ -83,6 +85,12 @@ def read_metadata(properties: Mapping[str, str], path: Path) -> OnnxMetadata:
     if not raw.isdigit() or not 1 <= int(raw) <= MAX_SIDE:
         raise refuse("canvas", f"must be a whole number of pixels from 1 to {MAX_SIDE}, got {raw!r:.40}")
     canvas = int(raw)
+    raw = meta.get("patch", "")
+    if raw and (not raw.isdigit() or not 1 <= int(raw) <= MAX_SIDE):
+        raise refuse("patch", f"must be a whole number of pixels from 1 to {MAX_SIDE}, got {raw!r:.40}")
+    patch = int(raw) if raw else None
+    if patch is None and not grid_for(grid["mode"], grid.get("max_tiles", DEFAULT_MAX_TILES), config).uniform:
+        raise refuse("patch", "is needed by a file of the auto grid (the backbone's patch size)")
     precision = meta.get("precision", "fp32")
     if precision not in EXPORT_PRECISIONS:
         raise refuse("precision", f"must be one of {', '.join(EXPORT_PRECISIONS)}, got {precision!r:.40}")
@@ -97,7 +105,7 @@ def read_metadata(properties: Mapping[str, str], path: Path) -> OnnxMetadata:
         digest, images = reference["digest"], list(reference["images"])
     signature = Signature(config, grid, meta.get("checkpoint") or None, meta.get("checkpoint_fingerprint") or None,
                           digest)
-    return OnnxMetadata(meta.get("version", ""), signature, canvas, precision, thresholds, images)
+    return OnnxMetadata(meta.get("version", ""), signature, canvas, precision, thresholds, images, patch)
 
 
 def _json(meta: Mapping[str, str], key: str, refuse: Any, default: str | None = None) -> Any:

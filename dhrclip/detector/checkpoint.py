@@ -86,6 +86,12 @@ def resolve_checkpoint(path: Path) -> Path:
         return latest
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}", field="checkpoint_path")
+    if path.suffix.lower() == ".onnx":
+        raise UserError(f"{path} is an ONNX file, an exported detector, not a prompt checkpoint; run it with `onnx`",
+                        field="checkpoint_path")
+    if path.suffix.lower() == ".json":
+        raise UserError(f"{path} is a JSON file, not a prompt checkpoint (an epoch_N.pth, or the folder of a run)",
+                        field="checkpoint_path")
     return path
 
 

@@ -20,7 +20,6 @@ from ..core.fewshot import ReferenceBank
 from ..core.grid import Grid
 from ..core.maps import minmax_normalize
 from ..core.network import DHRCLIPNetwork
-from ..core.tiling import tokens_inside
 from ..data.canvases import CanvasDataset, batches, placements
 from ..data.images import ImageSource
 from ..errors import UserError
@@ -134,7 +133,8 @@ def build_reference(model: DHRCLIPNetwork, dataset: CanvasDataset, sources: list
             raise UserError(f"a reference image could not be read: {bad}", field="reference")
         placed = placements(batch)
         feats = model.encode_views(batch["image"].to(model.device), placed)
-        keep_g, keep_t = tokens_inside(placed, feats.global_size, feats.global_grid, feats.tile_grid)
+        keep_g, keep_t = (m.cpu() for m in feats.layout.tokens_inside(feats.global_grid, feats.tile_grid,
+                                                                       len(placed)))
         per_image = feats.tiles.count
         for k, index in enumerate(batch["index"].tolist()):
             inside_t = keep_t[k * per_image:(k + 1) * per_image].flatten()

@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 from collections import Counter
@@ -31,8 +32,11 @@ from ..data.meta import Item
 from ..detector.facade import DHRCLIP
 from ..detector.inference import BatchOutput, iter_batches
 from ..metrics import ImageAccumulator, PixelAccumulator, legacy_aupro
+from ..metrics.pixel import TIE_WARNING
 from .distributed import World, barrier, gather_all, gather_to_main, sum_across, world
 from .figures import ColorScale, save_test_figure, test_figure_path
+
+log = logging.getLogger(__name__)
 
 METRIC_NAMES = ("pixel_auroc", "pixel_aupro", "pixel_f1max", "pixel_ap", "image_auroc", "image_ap", "image_f1max")
 
@@ -44,12 +48,19 @@ class ClassState:
     pixel: PixelAccumulator | None
     image: ImageAccumulator = field(default_factory=ImageAccumulator)
 
-    def compute(self, aupro_mode: str, legacy: float | None = None) -> dict[str, float | None]:
-        """All seven metrics; None for those not asked for or undefined. With ``aupro_mode``
-        "legacy", AUPRO is the given ``legacy`` value."""
+    def compute(self, name: str, aupro_mode: str, legacy: float | None = None) -> dict[str, float | None]:
+        """All seven metrics of class ``name``; None for those not asked for or undefined. With
+        ``aupro_mode`` "legacy", AUPRO is the given ``legacy`` value. A warning names the class
+        when float16's rounding of its scores may have moved a pixel metric noticeably."""
         result: dict[str, float | None] = dict.fromkeys(METRIC_NAMES)
         if self.pixel is not None:
             px = self.pixel.compute()
+            bound = self.pixel.rounding_bound()
+            if max(bound.values()) > TIE_WARNING:
+                log.warning("class %s: its scores span few float16 steps, so its pixel AUROC may be off by up to "
+                            "%.2f points and its AUPRO by up to %.2f; per-image normalisation of the maps "
+                            "(map_norm per-image, the default) spreads them out", name, bound["auroc"],
+                            bound["aupro"])
             if aupro_mode == "legacy":
                 px["aupro"] = legacy
             result.update({f"pixel_{k}": v for k, v in px.items()})
@@ -82,11 +93,12 @@ class ClassStates:
         return ClassState(PixelAccumulator(self.device) if name in self.pixel_classes else None)
 
     def added(self, name: str, count: int, legacy: LegacyMaps | None) -> None:
-        """``count`` more images of ``name`` are in; in one process a complete class is computed now."""
+        """``count`` more images of ``name`` are in (or were left out, unreadable); in one process
+        a complete class is computed now."""
         self.remaining[name] -= count
         if self.remaining[name] == 0 and world().size == 1:
             legacy_value = legacy.values.get(name) if legacy is not None else None
-            self.done[name] = self.live.pop(name).compute(self.aupro, legacy_value)
+            self.done[name] = (self.live.pop(name, None) or self._new(name)).compute(name, self.aupro, legacy_value)
 
     def finish(self, names: list[str], legacy_values: dict[str, float | None]) -> dict[str, dict[str, float | None]]:
         """Every class's metrics, in the order of ``names``: under torchrun each group of classes is
@@ -106,7 +118,7 @@ class ClassStates:
                     state.image = ImageAccumulator()
                     for part in merged:
                         state.image.merge(part[c])
-            self.done.update({c: state.compute(self.aupro, legacy_values.get(c)) for c, state in states.items()})
+            self.done.update({c: state.compute(c, self.aupro, legacy_values.get(c)) for c, state in states.items()})
         return {c: self.done[c] for c in names}
 
 
@@ -150,8 +162,17 @@ class LegacyMaps:
 
     def add(self, cls: str, positions: np.ndarray, maps: list[torch.Tensor], masks: list[torch.Tensor]) -> None:
         self.parts[cls].append((positions, torch.stack(maps).half().cpu().numpy(), torch.stack(masks).cpu().numpy()))
-        if world().size == 1 and sum(len(p) for p, _, _ in self.parts[cls]) == self.counts[cls]:
-            self.values[cls] = self._compute(self.parts.pop(cls))
+        self._complete(cls)
+
+    def left_out(self, cls: str) -> None:
+        """One image of ``cls`` could not be read: the class is complete with one image fewer."""
+        if cls in self.counts:
+            self.counts[cls] -= 1
+            self._complete(cls)
+
+    def _complete(self, cls: str) -> None:
+        if world().size == 1 and cls in self.parts and sum(len(p) for p, _, _ in self.parts[cls]) == self.counts[cls]:
+            self.values[cls] = self._compute(self.parts.pop(cls)) if self.counts[cls] else None
 
     @staticmethod
     def _compute(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> float | None:
@@ -167,7 +188,8 @@ class LegacyMaps:
         gathered = gather_to_main(self.parts)
         if gathered is None:
             return {}
-        return {cls: self._compute([p for rank in gathered for p in rank[cls]]) for cls in self.counts}
+        return {cls: self._compute(parts) if (parts := [p for rank in gathered for p in rank[cls]]) else None
+                for cls in self.counts}
 
 
 class FigureSpool:
@@ -247,13 +269,23 @@ def _add_pixels(state: PixelAccumulator, maps: list[torch.Tensor], masks: list[t
                      torch.stack([sizes[k] for k in ks]), int(regions[ks].sum()))
 
 
+@dataclass
+class ClassMetrics:
+    """What one pass of testing found: per class its metrics, the seconds the metrics took, and
+    the images left out because they could not be read (path -> why, from every process)."""
+
+    per_class: dict[str, dict[str, float | None]]
+    seconds: float
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
 def metrics_by_class(model: DHRCLIP, by_class: dict[str, list[Item]], config: EvalConfig, pixel_classes: set[str],
-                     image: bool) -> tuple[dict[str, dict[str, float | None]], float]:
+                     image: bool) -> ClassMetrics:
     """Metrics of every class, from one pass of batched inference over this process's shard of
     the items. Each batch is added to its classes' states on the device, so only histograms
     leave it; the states of all processes are summed at the end. Pixel metrics for
-    ``pixel_classes``. Returns the metrics (on every rank; legacy AUPRO on rank 0 only) and the
-    seconds spent on them."""
+    ``pixel_classes`` (legacy AUPRO on rank 0 only). With ``on_error`` skip, an unreadable image
+    is left out of its class's metrics and reported."""
     here = world()
     run = config.run
     shard = ClassShard(by_class, here, run.batch_size)
@@ -262,9 +294,18 @@ def metrics_by_class(model: DHRCLIP, by_class: dict[str, list[Item]], config: Ev
     legacy = LegacyMaps({c: len(by_class[c]) for c in pixel_classes}) if config.aupro == "legacy" else None
     spool = FigureSpool(config.save_path / "vis", here.rank) if config.vis else None
     metrics_s = 0.0
-    dataset = CanvasDataset(shard.items, model.grid_for(run), run, Masks.SCORED if pixel_classes else None)
+    dataset = CanvasDataset(shard.items, model.grid_for(run), run, Masks.SCORED if pixel_classes else None,
+                            skip_errors=config.on_error == "skip")
+    skipped: dict[str, str] = {}
     for batch in iter_batches(model.model, dataset, config.map_norm, desc="testing", progress=here.is_main):
         began = time.perf_counter()
+        for position, why in batch.errors.items():
+            name = shard.names[int(shard.class_of(np.array([position + shard.range.start]))[0])]
+            log.warning("left out of %s's metrics: %s", name, why)
+            skipped[str(shard.items[position].image)] = why
+            if legacy is not None:
+                legacy.left_out(name)
+            states.added(name, 1, legacy)
         maps = scored_maps(batch)
         all_masks, all_sizes, regions = batch.masks, batch.region_sizes, batch.regions
         for name, ks, within in shard.by_class(batch.index):
@@ -291,4 +332,5 @@ def metrics_by_class(model: DHRCLIP, by_class: dict[str, list[Item]], config: Ev
         every = np.arange(len(shard.all_items))
         spool.draw([shard.names[c] for c in shard.class_of(every)], shard.all_items, run.bit_depth)
     metrics_s += time.perf_counter() - began
-    return per_class, metrics_s
+    every_skipped = {path: why for part in gather_all(skipped) for path, why in part.items()}
+    return ClassMetrics(per_class, metrics_s, every_skipped)

@@ -4,19 +4,21 @@ Launched by ``torchrun`` (one process per GPU, on one machine or several), the
 command line calls ``start`` to join the process group; the library reads the
 group through ``world()``, so a Python caller that initialised
 ``torch.distributed`` itself gets the same sharding. Without a process group
-every function here is the single-process identity and nothing changes.
+every function here is the single-process identity and nothing changes; nor is
+torch imported, so the exported model's runtime shares this module.
 """
 from __future__ import annotations
 
 import logging
 import os
+import sys
 from dataclasses import dataclass
-from typing import Any
-
-import torch
-import torch.distributed as dist
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +44,16 @@ class World:
                      min(count, units * (self.rank + 1) // self.size * unit))
 
 
+def _group() -> Any:
+    """``torch.distributed`` when this process is in a process group, else None; torch is not
+    imported for the question (a process group needs it imported already)."""
+    dist = sys.modules.get("torch.distributed")
+    return dist if dist is not None and dist.is_available() and dist.is_initialized() else None
+
+
 def world() -> World:
-    if dist.is_available() and dist.is_initialized():
-        return World(dist.get_rank(), dist.get_world_size())
-    return World()
+    dist = _group()
+    return World(dist.get_rank(), dist.get_world_size()) if dist is not None else World()
 
 
 def launched_size() -> int:
@@ -62,8 +70,11 @@ def start(device: str) -> str:
     """Join ``torchrun``'s process group (NCCL for CUDA, gloo otherwise) and return the device
     this process uses: with ``auto`` or ``cuda``, the GPU of its local rank. Without torchrun,
     ``device`` unchanged."""
-    if launched_size() <= 1 or (dist.is_available() and dist.is_initialized()):
+    if launched_size() <= 1 or _group() is not None:
         return device
+    import torch
+    import torch.distributed as dist
+
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device.startswith("cuda:"):
         raise UserError(f"device {device} would put every process on one GPU; under torchrun use device cuda "
@@ -81,18 +92,23 @@ def start(device: str) -> str:
 
 def stop() -> None:
     """Leave the process group, if this process joined one."""
-    if dist.is_available() and dist.is_initialized():
+    dist = _group()
+    if dist is not None:
         dist.destroy_process_group()
 
 
 def _collective_device() -> torch.device:
-    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    import torch
+
+    nccl = _group().get_backend() == "nccl"
+    return torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
 
 
 def sum_across(tensor: torch.Tensor) -> torch.Tensor:
     """The element-wise sum of ``tensor`` over all ranks (in place, on its own device)."""
     if world().size == 1:
         return tensor
+    dist = _group()
     moved = tensor.to(_collective_device())
     dist.all_reduce(moved, op=dist.ReduceOp.SUM)
     if moved is not tensor:
@@ -104,6 +120,9 @@ def extreme_across(value: float, largest: bool) -> float:
     """The largest (or smallest) ``value`` over all ranks."""
     if world().size == 1:
         return value
+    import torch
+
+    dist = _group()
     t = torch.tensor([value], dtype=torch.float64, device=_collective_device())
     dist.all_reduce(t, op=dist.ReduceOp.MAX if largest else dist.ReduceOp.MIN)
     return float(t.item())
@@ -114,7 +133,7 @@ def gather_all(obj: Any) -> list[Any]:
     if world().size == 1:
         return [obj]
     out: list[Any] = [None] * world().size
-    dist.all_gather_object(out, obj)
+    _group().all_gather_object(out, obj)
     return out
 
 
@@ -125,11 +144,11 @@ def gather_to_main(obj: Any) -> list[Any] | None:
     if here.size == 1:
         return [obj]
     out: list[Any] | None = [None] * here.size if here.is_main else None
-    dist.gather_object(obj, out, dst=0)
+    _group().gather_object(obj, out, dst=0)
     return out
 
 
 def barrier() -> None:
     """Wait for every rank (e.g. until rank 0 has written what the others read)."""
     if world().size > 1:
-        dist.barrier()
+        _group().barrier()

@@ -19,7 +19,7 @@ from ..detector.facade import DHRCLIP
 from ..detector.inference import build_reference
 from ..errors import UserError
 from ..files import save_json
-from .class_metrics import METRIC_NAMES, metrics_by_class
+from .class_metrics import METRIC_NAMES, ClassMetrics, metrics_by_class
 from .distributed import extreme_across, world
 
 log = logging.getLogger(__name__)
@@ -74,14 +74,15 @@ def draw_references(config: EvalConfig, classes: list[str], seed: int) -> dict[s
 
 
 def few_shot_metrics(model: DHRCLIP, by_class: dict[str, list[Item]], config: EvalConfig, pixel_classes: set[str],
-                     image: bool) -> tuple[dict[str, dict[str, float | None]], float, list[dict]]:
+                     image: bool) -> tuple[ClassMetrics, list[dict]]:
     """``k_shot_runs`` few-shot tests: per run and class, a bank from ``k_shot`` good train images
-    (seed ``seed + run``) and the class's metrics with it. Returns the per-class means over runs,
-    the seconds spent on metrics, and each run's draw and metrics."""
+    (seed ``seed + run``) and the class's metrics with it. Returns the per-class means over runs
+    (with the seconds spent on metrics and the images left out), and each run's draw and metrics."""
     run_options = config.run
     grid = model.grid_for(run_options)
     runs: list[dict[str, Any]] = []
     metrics_s = 0.0
+    skipped: dict[str, str] = {}
     for run in range(config.k_shot_runs):
         seed = run_options.seed + run
         drawn = draw_references(config, list(by_class), seed)
@@ -91,13 +92,14 @@ def few_shot_metrics(model: DHRCLIP, by_class: dict[str, list[Item]], config: Ev
             bank = build_reference(model.model, references, [str(item.image) for item in drawn[cls]],
                                    progress=world().is_main)
             few = model.with_reference(bank, run_options)
-            found, seconds = metrics_by_class(few, {cls: items}, config, pixel_classes & {cls}, image)
-            per_class.update(found)
-            metrics_s += seconds
+            found = metrics_by_class(few, {cls: items}, config, pixel_classes & {cls}, image)
+            per_class.update(found.per_class)
+            metrics_s += found.seconds
+            skipped.update(found.skipped)
         runs.append({"seed": seed, "references": {c: [str(i.image) for i in drawn[c]] for c in by_class},
                      "classes": per_class, "mean": mean_metrics(per_class)})
     averaged = {cls: mean_metrics({str(k): run["classes"][cls] for k, run in enumerate(runs)}) for cls in by_class}
-    return averaged, metrics_s, runs
+    return ClassMetrics(averaged, metrics_s, skipped), runs
 
 
 def _classes_with_masks(by_class: dict[str, list[Item]]) -> set[str]:
@@ -142,8 +144,9 @@ def evaluate(model: DHRCLIP, config: EvalConfig) -> dict:
     Prints the per-class table, appends it to ``save_path/log.txt`` and writes
     ``save_path/results.json``, which it also returns: {"dataset",
     "checkpoint", "config", "test_config", "classes": {cls: {metric: value}},
-    "mean", "notes", "timing"}; metrics are fractions, None where undefined
-    ("notes" says why). With ``k_shot`` each class is tested with a few-shot bank
+    "mean", "notes", "skipped", "timing"}; metrics are fractions, None where undefined
+    ("notes" says why); "skipped" names the unreadable images left out (``on_error`` skip).
+    With ``k_shot`` each class is tested with a few-shot bank
     of its good train images (docs/method.md §11); "classes" and "mean" average the
     ``k_shot_runs`` draws, and "k_shot" holds each draw's images and metrics and the
     std over draws.
@@ -169,14 +172,17 @@ def evaluate(model: DHRCLIP, config: EvalConfig) -> dict:
     started = time.perf_counter()
     runs: list[dict] = []
     if config.k_shot:
-        per_class, metrics_s, runs = few_shot_metrics(model, by_class, config, pixel_classes, want_image)
+        found, runs = few_shot_metrics(model, by_class, config, pixel_classes, want_image)
     else:
-        per_class, metrics_s = metrics_by_class(model, by_class, config, pixel_classes, want_image)
+        found = metrics_by_class(model, by_class, config, pixel_classes, want_image)
+    per_class, metrics_s = found.per_class, found.seconds
     # the job's time is its slowest process's
     inference_s = extreme_across(time.perf_counter() - started - metrics_s, largest=True)
     metrics_s = extreme_across(metrics_s, largest=True)
     mean = mean_metrics(per_class)
     notes = _notes(by_class, pixel_classes, config.metrics != "image-level", want_image)
+    if found.skipped:
+        notes.append(f"{len(found.skipped)} unreadable image(s) left out of the metrics (see 'skipped')")
     for note in notes:
         log.info("%s: %s", dataset, note)
 
@@ -193,8 +199,9 @@ def evaluate(model: DHRCLIP, config: EvalConfig) -> dict:
         "classes": per_class,
         "pixel_metric_classes": sorted(pixel_classes),  # the classes behind the pixel means
         "mean": mean,
-        "notes": notes,  # why a metric is null
-        "timing": {"images": len(items), "inference_s": inference_s, "metrics_s": metrics_s,
+        "notes": notes,  # why a metric is null, and whether images were left out
+        "skipped": found.skipped,  # unreadable images (path -> why), not in any metric
+        "timing": {"images": len(items) - len(found.skipped), "inference_s": inference_s, "metrics_s": metrics_s,
                    "processes": here.size},
     }
     if config.k_shot:  # "classes" and "mean" are then the means over the draws

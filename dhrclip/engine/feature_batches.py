@@ -97,7 +97,7 @@ class FeatureBatches:
             return
         filled: Any = [indices for indices in batches if len(indices)]  # index tensors serve as index lists
         loader = iter(DataLoader(self.dataset, batch_sampler=filled, pin_memory=device.type == "cuda",
-                                 num_workers=worker_count(self.num_workers, len(self.dataset)),
+                                 num_workers=worker_count(self.num_workers, len(self.dataset), device.type == "cuda"),
                                  persistent_workers=False, collate_fn=collate))
         for indices in batches:
             if not len(indices):

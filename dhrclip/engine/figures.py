@@ -1,4 +1,5 @@
-"""Figures: a header (file, score, decision), input | heatmap | outline panels, and a colour bar.
+"""Figures: a header (file, score, decision), input | heatmap | outline panels, and a colour bar,
+drawn with numpy and Pillow alone (the exported model's runtime draws them too).
 
 Heatmaps use a ``ColorScale`` fixed for a whole run, so a good part looks calm and a
 defect looks hot; figures are at least ``DISPLAY_MIN`` pixels on their short side and at
@@ -6,20 +7,25 @@ most ``DISPLAY_MAX`` on their long side, so titles stay readable at any input si
 """
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
-import cv2
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 
-from ..data.images import load_rgb
+from ..data.images import load_rgb, resize_bilinear
 from ..data.meta import Item
 from ..errors import UserError
 from ..files import atomic_write, safe_component, within
 
 DISPLAY_MIN, DISPLAY_MAX = 256, 1024
-_FONT = cv2.FONT_HERSHEY_SIMPLEX
+# a panel's short side is at least DISPLAY_THIN pixels, its long side then growing up to DISPLAY_LONGEST:
+# a 10000×200 line-scan strip is drawn 3072×61, not 1024×20
+DISPLAY_THIN, DISPLAY_LONGEST = 64, 3 * DISPLAY_MAX
 _LINE_H, _BAR_W = 24, 72
+_JET_CENTRES = np.array([0.75, 0.5, 0.25])  # where red, green and blue peak on the JET scale
 
 
 @dataclass(frozen=True)
@@ -44,52 +50,87 @@ class ColorScale:
 
 
 def display_size(height: int, width: int) -> tuple[int, int]:
-    """(height, width) to draw an image at: small inputs upscaled, large ones downscaled."""
-    scale = min(max(1.0, DISPLAY_MIN / min(height, width)), DISPLAY_MAX / max(height, width))
+    """(height, width) to draw an image at: small inputs upscaled, large ones downscaled, and
+    thin strips kept thick enough to see."""
+    short, long = min(height, width), max(height, width)
+    scale = min(max(1.0, DISPLAY_MIN / short), DISPLAY_MAX / long)
+    scale = max(scale, min(DISPLAY_THIN / short, DISPLAY_LONGEST / long))
     return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def jet(unit_map: np.ndarray) -> np.ndarray:
+    """RGB uint8 colours of the JET map (blue, cyan, green, yellow, red) for values in [0, 1]."""
+    levels = np.clip(unit_map, 0.0, 1.0)[..., None]
+    channels = np.clip(1.5 - 4 * np.abs(levels - _JET_CENTRES), 0.0, 1.0)  # each a trapezoid around its peak
+    return np.rint(channels * 255).astype(np.uint8)
 
 
 def heatmap_overlay(image: np.ndarray, unit_map: np.ndarray, weight: float = 0.5) -> np.ndarray:
     """Blend a JET-coloured [0, 1] map over an RGB uint8 image of the same size."""
-    colored = cv2.applyColorMap(np.clip(unit_map * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
-    return cv2.addWeighted(image, 1 - weight, colored, weight, 0)
+    mixed = image.astype(np.float32) * (1 - weight) + jet(unit_map).astype(np.float32) * weight
+    return np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
+
+
+def _grow(mask: np.ndarray, steps: int, shrink: bool = False) -> np.ndarray:
+    """``mask`` dilated (or eroded) by ``steps`` pixels with a 3×3 square."""
+    out = mask.copy()
+    for _ in range(steps):
+        padded = np.pad(out, 1, constant_values=not shrink)
+        views = [padded[1 + dy:padded.shape[0] - 1 + dy, 1 + dx:padded.shape[1] - 1 + dx]
+                 for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+        out = np.logical_and.reduce(views) if shrink else np.logical_or.reduce(views)
+    return out
 
 
 def outline(image: np.ndarray, mask: np.ndarray, color: tuple[int, int, int] = (0, 255, 0)) -> np.ndarray:
-    """Draw the contours of a bool mask on a copy of an RGB image."""
-    out = np.ascontiguousarray(image.copy())
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    cv2.drawContours(out, contours, -1, color, max(1, min(image.shape[:2]) // 150))
+    """Draw the edge of a bool mask on a copy of an RGB image, about 1/150 of its short side thick."""
+    mask = mask.astype(bool)
+    edge = mask & ~_grow(mask, 1, shrink=True)
+    thickness = max(1, min(image.shape[:2]) // 150)
+    out = image.copy()
+    out[_grow(edge, thickness // 2)] = color
     return out
+
+
+@cache
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    return ImageFont.load_default(size=size)
+
+
+def _draw_text(canvas: np.ndarray, text: str, left: int, baseline: int, size: int) -> np.ndarray:
+    """``canvas`` with black ``text`` drawn from (``left``, ``baseline``)."""
+    img = Image.fromarray(canvas)
+    ImageDraw.Draw(img).text((left, baseline), text, fill=(0, 0, 0), font=_font(size), anchor="ls")
+    return np.asarray(img)
 
 
 def _text_row(text: str, width: int, height: int = _LINE_H) -> np.ndarray:
     """A white strip with ``text``, shrunk to fit ``width``."""
-    row = np.full((height, width, 3), 255, np.uint8)
-    scale = 0.5
-    while scale > 0.25 and cv2.getTextSize(text, _FONT, scale, 1)[0][0] > width - 8:
-        scale -= 0.05
-    cv2.putText(row, text, (4, height - 8), _FONT, scale, (0, 0, 0), 1, cv2.LINE_AA)
-    return row
+    size = 15
+    while size > 8 and ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(text, font=_font(size)) > width - 8:
+        size -= 1
+    return _draw_text(np.full((height, width, 3), 255, np.uint8), text, 4, height - 7, size)
 
 
 def colour_bar(height: int, scale: ColorScale) -> np.ndarray:
     """A vertical JET bar for ``scale``, labelled at the top, bottom and threshold."""
     bar = np.full((height, _BAR_W, 3), 255, np.uint8)
-    ramp = np.linspace(1, 0, height)[:, None].repeat(16, axis=1)
-    bar[:, :16] = cv2.applyColorMap((ramp * 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
+    bar[:, :16] = jet(np.linspace(1, 0, height)[:, None].repeat(16, axis=1))
     marks = [(scale.high, 0.0), (scale.low, 1.0)]
     if scale.threshold is not None:
         marks.append((scale.threshold, 0.5))
     for value, where in marks:
         y = int(np.clip(where * (height - 1), 10, height - 4))
-        cv2.putText(bar, f"{value:.3g}", (19, y), _FONT, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+        bar = _draw_text(bar, f"{value:.3g}", 19, y, 11)
     return bar
 
 
 def panels(named: list[tuple[str, np.ndarray]]) -> np.ndarray:
-    """Side-by-side RGB panels, each under its title."""
-    return np.hstack([np.vstack([_text_row(title, img.shape[1]), img]) for title, img in named])
+    """RGB panels, each under its title: side by side, or one above the other for images more
+    than twice as wide as high, so a wide strip does not make a figure wider still."""
+    titled = [np.vstack([_text_row(title, img.shape[1]), img]) for title, img in named]
+    height, width = named[0][1].shape[:2]
+    return np.vstack(titled) if width > 2 * height else np.hstack(titled)
 
 
 def with_colour_bar(body: np.ndarray, scale: ColorScale) -> np.ndarray:
@@ -105,17 +146,19 @@ def figure(header: str, named: list[tuple[str, np.ndarray]], scale: ColorScale) 
 
 def save_rgb(path: Path, image: np.ndarray) -> None:
     """An RGB image as a PNG (or the format ``path``'s suffix names), written atomically."""
-    encoded, data = cv2.imencode(path.suffix or ".png", np.ascontiguousarray(image[..., ::-1]))
-    if not encoded:
-        raise UserError(f"cannot encode a figure as {path.suffix}: {path}")
-    atomic_write(path, lambda f: f.write(data.tobytes()))
+    buffer = io.BytesIO()
+    try:
+        Image.fromarray(image).save(buffer, format=Image.registered_extensions().get(path.suffix.lower(), "PNG"))
+    except (KeyError, ValueError, OSError) as exc:
+        raise UserError(f"cannot encode a figure as {path.suffix}: {path} ({exc})") from exc
+    atomic_write(path, lambda f: f.write(buffer.getbuffer()))
 
 
 def to_display(image: np.ndarray, amap: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """An RGB image and its map, resized together to the size figures draw them at."""
     h, w = display_size(*amap.shape)
-    shown = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if h < image.shape[0] else cv2.INTER_CUBIC)
-    return shown, cv2.resize(amap, (w, h), interpolation=cv2.INTER_LINEAR)
+    shown = np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BICUBIC))
+    return shown, resize_bilinear(amap.astype(np.float32), h, w)
 
 
 def prediction_panels(shown: np.ndarray, amap: np.ndarray, scale: ColorScale,
@@ -142,10 +185,10 @@ def save_test_figure(path: Path, item: Item, amap: np.ndarray, mask: np.ndarray 
     class's figures compare at a glance."""
     h, w = display_size(*size)
     image = np.asarray(load_rgb(item.image, bit_depth).resize((w, h)), dtype=np.uint8)
-    amap = cv2.resize(amap.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+    amap = resize_bilinear(amap.astype(np.float32), h, w)
     row = [("input", image), ("anomaly map", heatmap_overlay(image, scale(amap)))]
     if mask is not None:
-        gt = cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
+        gt = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((w, h), Image.Resampling.NEAREST)) > 0
         row.append(("ground truth", outline(image, gt)))
     label = "anomalous" if item.anomaly else "normal"
     shown = f"{item.specie_name}/{item.image.name}" if item.specie_name else item.image.name

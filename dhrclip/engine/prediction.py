@@ -26,15 +26,15 @@ from __future__ import annotations
 import csv
 import logging
 import shutil
+import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..config import PredictConfig, is_bank_file
-from ..core.runtime import seed_everything
 from ..data.images import collect_images, load_rgb
-from ..detector.facade import DHRCLIP
 from ..detector.results import CSV_FIELDS, Detector, Thresholds, csv_text, map_file_name, table_row
 from ..detector.thresholds import read_threshold_file
 from ..errors import UserError
@@ -43,9 +43,13 @@ from .calibration import calibrate
 from .distributed import barrier, extreme_across, gather_all, world
 from .figures import ColorScale, prediction_figure, save_rgb
 
+if TYPE_CHECKING:
+    from ..detector.facade import DHRCLIP
+
 log = logging.getLogger(__name__)
 
 OUTPUTS = ("predictions.csv", "predictions.json", "maps", "figures")  # what a run writes, besides threshold.json
+SCRATCH_MAPS = ".maps"  # with no_maps, the maps the figures are drawn from, removed once they are
 FEW_REFERENCE_IMAGES = 4
 RANK_ROWS = "predictions.rank{}.csv"  # one process's rows under torchrun, merged at the end
 
@@ -67,6 +71,12 @@ def resolve_thresholds(model: Detector, config: PredictConfig) -> Thresholds:
                  found["calibration_images"], found["image_threshold"], found["pixel_threshold"],
                  config.save_path / "threshold.json")
         thresholds = Thresholds(found["image_threshold"], found["pixel_threshold"])
+    for name, given, had in (("threshold", config.threshold, thresholds.image),
+                             ("pixel_threshold", config.pixel_threshold, thresholds.pixel)):
+        if given is not None and had is not None:
+            log.info("%s %g replaces the %g of the %s", name, given, had,
+                     "calibration" if config.calibrate_on else "threshold file" if config.threshold_file
+                     else "exported file")
     return thresholds.replaced(config.threshold, config.pixel_threshold)
 
 
@@ -103,7 +113,10 @@ def predict(model: Detector, config: PredictConfig) -> list[dict]:
     started = time.perf_counter()
     here = world()
     run = config.run
-    seed_everything(run.seed)
+    if "torch" in sys.modules:  # a PyTorch model; an exported one runs without torch, and draws nothing random
+        from ..core.runtime import seed_everything
+
+        seed_everything(run.seed)
     out = config.save_path
     files, base = collect_images(config.input, exclude=out)
     previous = check_save_path(config)
@@ -113,11 +126,13 @@ def predict(model: Detector, config: PredictConfig) -> list[dict]:
     thresholds = resolve_thresholds(model, config)  # before clearing: the threshold file may be in `out`
     if here.is_main:
         _remove(out, [name for name in previous if name != "threshold.json"])  # a calibration just replaced it
+        _remove(out, [SCRATCH_MAPS])  # an interrupted run's
         if stale := sum(remove_temporaries(folder, recursive=folder != out) for folder in
                         (out, out / "maps", out / "figures")):
             log.info("removed %d unfinished file(s) that an interrupted run left in %s", stale, out)
     barrier()
     out.mkdir(parents=True, exist_ok=True)  # on every machine of the job
+    maps = out / "maps" if not config.no_maps else out / SCRATCH_MAPS if not config.no_figures else None
 
     mine = here.shard(len(files), run.batch_size)
     rows: list[tuple[int, dict]] = []
@@ -133,7 +148,8 @@ def predict(model: Detector, config: PredictConfig) -> list[dict]:
                 row = table_row(str(source), None, result, thresholds)
             else:
                 amap = result.anomaly_map
-                save_npy(out / "maps" / _map_name(source, base), amap.astype(np.float16))
+                if maps is not None:
+                    save_npy(maps / _map_name(source, base), amap.astype(np.float16))
                 low, high = min(low, float(amap.min())), max(high, result.map_max)
                 row = table_row(str(source), result.outcome, "", thresholds)
             writer.writerow(row)
@@ -144,14 +160,17 @@ def predict(model: Detector, config: PredictConfig) -> list[dict]:
     if here.is_main:
         _write_table(out, every, thresholds, model, config)
         _remove(out, [RANK_ROWS.format(rank) for rank in range(here.size)] if here.size > 1 else [])
-    _write_figures(out, [row for _, row in rows], base,
-                   ColorScale.around(low, high, thresholds.pixel) if np.isfinite(low) else None, thresholds.pixel,
-                   config)
+    if maps is not None and not config.no_figures:
+        _write_figures(out, maps, [row for _, row in rows], base,
+                       ColorScale.around(low, high, thresholds.pixel) if np.isfinite(low) else None, thresholds.pixel,
+                       config)
     barrier()
+    if here.is_main and config.no_maps:
+        _remove(out, [SCRATCH_MAPS])
     done = [r for r in every if not r["error"]]
     anomalous = sum(r["decision"] == "anomalous" for r in done)
     summary = f"{len(done)} images, " + (f"{anomalous} anomalous, " if thresholds.known else
-                                         "no threshold (give threshold or calibrate_on), ")
+                                         "no threshold set, so no decisions, ")
     skipped = f"{len(every) - len(done)} skipped (see the error column), " if len(done) < len(every) else ""
     if here.is_main:
         print(f"{summary}{skipped}{time.perf_counter() - started:.1f} s; results in {out}/predictions.csv")
@@ -161,6 +180,8 @@ def predict(model: Detector, config: PredictConfig) -> list[dict]:
 def with_reference(model: Detector, reference: str, config: PredictConfig) -> DHRCLIP:
     """``model`` with the few-shot bank of ``reference``: a saved bank, or one built from the good
     images it names (saved to ``save_reference`` when given)."""
+    from ..detector.facade import DHRCLIP
+
     if not isinstance(model, DHRCLIP):
         raise UserError("reference banks are baked into an exported file at export", field="reference")
     if is_bank_file(reference):
@@ -194,14 +215,15 @@ def _map_name(source: Path, base: Path) -> Path:
     return map_file_name(source.relative_to(base))
 
 
-def _write_figures(out: Path, rows: list[dict], base: Path, run_scale: ColorScale | None, pixel_t: float | None,
-                   config: PredictConfig) -> None:
-    """One figure per image, drawn once the run's range is known so all share one colour scale."""
+def _write_figures(out: Path, maps: Path, rows: list[dict], base: Path, run_scale: ColorScale | None,
+                   pixel_t: float | None, config: PredictConfig) -> None:
+    """One figure per image from its map in ``maps``, drawn once the run's range is known so all
+    share one colour scale."""
     for row in rows:
         if row["error"]:
             continue
         source = Path(row["path"])
-        amap = np.load(out / "maps" / _map_name(source, base)).astype(np.float32)
+        amap = np.load(maps / _map_name(source, base)).astype(np.float32)
         scale = (run_scale if config.figure_scale == "run" and run_scale is not None
                  else ColorScale.around(float(amap.min()), float(amap.max()), pixel_t))
         image = np.asarray(load_rgb(source, config.run.bit_depth), dtype=np.uint8)

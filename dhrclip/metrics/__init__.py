@@ -18,7 +18,26 @@ other dtypes it sorts the scores once instead.
 from .curves import area_to_limit
 from .image import ImageAccumulator, image_metrics
 from .legacy import legacy_aupro
-from .pixel import FLOAT16_BINS, MAX_REGIONS, PixelAccumulator, float16_keys, pixel_metrics, region_sizes
+from .pixel import (
+    FLOAT16_BINS,
+    FLOAT16_RANK,
+    MAX_REGIONS,
+    PixelAccumulator,
+    float16_patterns,
+    pixel_metrics,
+    region_sizes,
+)
 
-__all__ = ["FLOAT16_BINS", "MAX_REGIONS", "ImageAccumulator", "PixelAccumulator", "area_to_limit", "float16_keys",
-           "image_metrics", "legacy_aupro", "pixel_metrics", "region_sizes"]
+__all__ = [
+    "FLOAT16_BINS",
+    "FLOAT16_RANK",
+    "MAX_REGIONS",
+    "ImageAccumulator",
+    "PixelAccumulator",
+    "area_to_limit",
+    "float16_patterns",
+    "image_metrics",
+    "legacy_aupro",
+    "pixel_metrics",
+    "region_sizes",
+]

@@ -18,14 +18,17 @@ def check_finite(maps: np.ndarray | torch.Tensor) -> None:
         raise ValueError(f"score map {int(np.flatnonzero(bad)[0])} contains NaN or Inf")
 
 
-def as_arrays(masks: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def as_arrays(masks: np.ndarray, maps: np.ndarray, check: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Bool masks and float maps of one shape; ``check``: refuse NaN and Inf here (the float16
+    histograms find them in the histogram instead)."""
     masks = np.asarray(masks).astype(bool, copy=False)
     maps = np.asarray(maps)
     if maps.dtype.kind != "f":
         maps = maps.astype(np.float32)
     if masks.shape != maps.shape:
         raise ValueError(f"masks {masks.shape} and maps {maps.shape} differ in shape")
-    check_finite(maps)
+    if check:
+        check_finite(maps)
     return masks, maps
 
 

@@ -10,8 +10,9 @@ from dhrclip.cli.flags import SETTINGS, aliases, as_flags, settings_from
 from dhrclip.config import EvalConfig, ModelConfig, PredictConfig, RunOptions, TrainConfig
 from dhrclip.config.fields import flag_name
 
-PARSERS = {"train": cli.train_parser, "test": cli.evaluation_parser, "predict": cli.prediction_parser,
-           "export": cli.export_parser, "app": cli.app_parser, "suite": cli.suite_parser, "demo": cli.demo_parser}
+PARSERS = {"index": cli.index_parser, "train": cli.train_parser, "test": cli.evaluation_parser,
+           "predict": cli.prediction_parser, "export": cli.export_parser, "app": cli.app_parser,
+           "suite": cli.suite_parser, "demo": cli.demo_parser}
 
 
 def actions(parser):
@@ -59,7 +60,7 @@ def test_parsed_flags_make_the_settings():
     assert config.k_shot == 2 and config.data_path == Path("d")
     assert config.run == RunOptions(grid="auto", batch_size=3, num_workers="auto")
     args = cli.prediction_parser().parse_args(["--input", "x", "--num_workers", "2"])
-    assert settings_from(PredictConfig, args, grid="auto").run.num_workers == 2
+    assert settings_from(PredictConfig, args, grid="auto", max_tiles=9).run.num_workers == 2
 
 
 def test_a_bad_value_is_refused_by_the_parser(capsys):
@@ -76,3 +77,36 @@ def test_help_names_settings_as_flags():
 
 def test_every_settings_class_is_known_to_the_flags():
     assert {TrainConfig, EvalConfig, PredictConfig, ModelConfig} <= set(SETTINGS)
+
+
+@pytest.mark.parametrize("command", sorted(PARSERS))
+def test_every_flag_has_help_that_states_its_default(command):
+    import argparse
+
+    from dhrclip.cli.flags import HelpFormatter
+
+    parser = PARSERS[command]()
+    shown = HelpFormatter(parser.prog)
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        text = shown._get_help_string(action)
+        assert action.help, f"{command} {action.option_strings} has no help"
+        if action.default not in (None, False, argparse.SUPPRESS):
+            value = " ".join(map(str, action.default)) if isinstance(action.default, list) else str(action.default)
+            assert f"default: {value}" in text or f"default {value}" in text, \
+                f"{command} {action.option_strings}: the help does not state the default {value}: {text!r}"
+    assert not parser.prog.startswith("-"), parser.prog
+
+
+def test_the_readmes_command_list_is_pyprojects():
+    import re
+
+    import tomllib
+    from conftest import ROOT
+
+    scripts = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"])
+    readme = (ROOT / "README.md").read_text()
+    listed = set(re.findall(r"`(dhrclip-[a-z]+)`", readme))
+    assert listed == scripts, (sorted(scripts - listed), sorted(listed - scripts))
+    assert f"installs {len(scripts)} commands" in readme or f"{len(scripts)} commands" in readme

@@ -11,7 +11,11 @@ from dhrclip.core.maps import combine_views, gaussian_blur, image_logits, image_
 def test_gaussian_blur_equals_scipy(sigma, size):
     maps = torch.rand(2, *size, dtype=torch.float64)
     want = np.stack([gaussian_filter(m, sigma) for m in maps.numpy()])
-    assert np.allclose(gaussian_blur(maps, sigma).numpy(), want, atol=1e-10)
+    assert np.allclose(gaussian_blur(maps, sigma).numpy(), want, atol=1e-10)  # float64: the torch path
+    single = maps.float()  # float32 on the CPU: scipy's, one map per thread; with autograd: the torch path
+    want = np.stack([gaussian_filter(m, sigma) for m in single.numpy()])
+    assert np.array_equal(gaussian_blur(single, sigma).numpy(), want)
+    assert np.allclose(gaussian_blur(single.requires_grad_(), sigma).detach().numpy(), want, atol=1e-6)
 
 
 def test_minmax_per_image_and_constant_map():
@@ -71,3 +75,21 @@ def test_global_map_is_upsampled_in_two_steps_grid_to_s_to_t():
     want = bilinear(bilinear(g[0, 1].numpy(), 7), 20)
     assert np.allclose(got, want, atol=1e-12)
     assert not np.allclose(got, bilinear(g[0, 1].numpy(), 20), atol=1e-3)  # one step would differ
+
+
+@pytest.mark.parametrize("sigma", [0.0, 1.0, 4.0])
+def test_box_blur_is_scipys_gaussian_of_each_box_alone(sigma):
+    """Each map smoothed within its box (mirrored at the box's edges, as scipy mirrors at an
+    array's), zero outside; boxes of different sizes in one batch, one of them a single pixel."""
+    from scipy.ndimage import gaussian_filter
+
+    from dhrclip.core.maps import box_blur
+
+    maps = torch.rand(3, 40, 50, generator=torch.Generator().manual_seed(2), dtype=torch.float64).float()
+    boxes = [(5, 7, 30, 20), (0, 0, 40, 50), (12, 33, 1, 1)]
+    out = box_blur(maps, torch.tensor(boxes), sigma)
+    for i, (top, left, h, w) in enumerate(boxes):
+        want = np.zeros((40, 50), np.float64)
+        crop = maps[i, top:top + h, left:left + w].double().numpy()
+        want[top:top + h, left:left + w] = gaussian_filter(crop, sigma) if sigma else crop
+        assert np.abs(out[i].double().numpy() - want).max() < 1e-5

@@ -13,4 +13,5 @@ def test_normal_images_get_an_all_zero_mask_of_their_own_shape(data):
 
 
 def test_auto_workers_start_none_for_small_jobs():
-    assert worker_count("auto", 10) == 0 and worker_count("auto", 1000) >= 1 and worker_count(3, 10) == 3
+    assert worker_count("auto", 10, True) == 0 and worker_count("auto", 1000, True) >= 1
+    assert worker_count(3, 10, False) == 3

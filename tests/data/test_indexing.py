@@ -1,18 +1,19 @@
 """meta.json generators for the dataset layouts, and the demo that uses them."""
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 
 import cv2
 import numpy as np
 import pytest
-from conftest import ROOT, settings, train_small
+from conftest import ROOT, settings, train_small, write_custom_layout
 
 from dhrclip import DHRCLIP, EvalConfig, evaluate
 from dhrclip.data.indexing import csv_index, folder_index, mvtec_layout_index, visa_index, write_meta
 from dhrclip.data.meta import read_meta
-from dhrclip.data.synthetic import paint_defect, synthetic_image
+from dhrclip.data.synthetic import synthetic_image
 from dhrclip.errors import UserError
 
 
@@ -77,19 +78,6 @@ def test_demo_shows_the_prompts_learning_at_its_own_settings(tmp_path):
                    f"--save_path predictions/"
 
 
-def write_custom_layout(root, with_masks):
-    rng = np.random.default_rng(3)
-    for folder in ("good", "crack"):
-        (root / folder).mkdir(parents=True)
-    for i in range(3):
-        cv2.imwrite(str(root / "good" / f"g{i}.png"), synthetic_image("waves", 48, 64, rng)[..., ::-1])
-        bad, mask = paint_defect(synthetic_image("waves", 48, 64, rng), "blob", rng)
-        cv2.imwrite(str(root / "crack" / f"c{i}.png"), bad[..., ::-1])
-        if with_masks:
-            (root / "ground_truth" / "crack").mkdir(parents=True, exist_ok=True)
-            cv2.imwrite(str(root / "ground_truth" / "crack" / f"c{i}.png"), mask.astype(np.uint8) * 255)
-
-
 @pytest.mark.parametrize("with_masks", [True, False])
 def test_folder_layout_index_is_accepted_by_test_py(tmp_path, clip_file, checkpoint, with_masks):
     root = tmp_path / "widgets"
@@ -121,3 +109,46 @@ def test_csv_index(tmp_path):
     (tmp_path / "bad.csv").write_text("image,mask,label,class\nx.png,,maybe,w\n")
     with pytest.raises(UserError, match="bad.csv:2"):
         csv_index(tmp_path, tmp_path / "bad.csv")
+
+
+def test_a_folder_or_csv_index_with_training_images_serves_k_shot(tmp_path, checkpoint):
+    """train/good/ (or --train_good, or a CSV split column) fills the train split, so test.py --k_shot
+    runs on your own folders; anomalous training rows and a second class with --train_good are refused."""
+    import json
+
+    from dhrclip import cli
+
+    root = tmp_path / "widgets"
+    write_custom_layout(root, with_masks=True)
+    rng = np.random.default_rng(5)
+    (root / "train" / "good").mkdir(parents=True)
+    for i in range(3):
+        cv2.imwrite(str(root / "train" / "good" / f"t{i}.png"), synthetic_image("waves", 48, 64, rng)[..., ::-1])
+    meta = folder_index(root)
+    assert [r["img_path"] for r in meta["train"]["widgets"]] == [f"train/good/t{i}.png" for i in range(3)]
+    assert all(not r["img_path"].startswith("train/") for r in meta["test"]["widgets"])
+    write_meta(root, meta)
+    cli.test_main(["--data_path", str(root), "--checkpoint_path", str(checkpoint), "--save_path",
+                   str(tmp_path / "res"), "--k_shot", "2", "--num_workers", "0", "--device", "cpu"])
+    results = json.loads((tmp_path / "res" / "results.json").read_text())
+    assert len(results["k_shot"]["runs"][0]["references"]["widgets"]) == 2
+    assert results["classes"]["widgets"]["pixel_auroc"] is not None
+
+    extra = tmp_path / "more_good"
+    shutil.copytree(root / "train" / "good", extra)
+    assert len(folder_index(root, train_good=extra)["train"]["widgets"]) == 6
+    (tmp_path / "list.csv").write_text("image,mask,label,class,split\n"
+                                       "good/g0.png,,normal,w,\n"
+                                       "crack/c0.png,ground_truth/crack/c0.png,anomaly,w,test\n"
+                                       "train/good/t0.png,,0,w,train\n")
+    table = csv_index(root, tmp_path / "list.csv")
+    assert [r["img_path"] for r in table["train"]["w"]] == ["train/good/t0.png"] and len(table["test"]["w"]) == 2
+    (tmp_path / "bad.csv").write_text("image,mask,label,class,split\ncrack/c0.png,,1,w,train\n")
+    with pytest.raises(UserError, match="normal images only"):
+        csv_index(root, tmp_path / "bad.csv")
+    two = tmp_path / "two"
+    for name in ("a", "b"):
+        write_custom_layout(two / name, with_masks=False)
+    with pytest.raises(UserError, match="one class") as info:
+        folder_index(two, train_good=extra)
+    assert info.value.field == "train_good"

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import csv
+import importlib.metadata
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -15,8 +17,9 @@ from conftest import ROOT
 from PIL import Image
 
 from dhrclip import DHRCLIP, cli
+from dhrclip.data.images import resize_bilinear
 from dhrclip.data.synthetic import synthetic_image
-from dhrclip.deploy.runtime import OnnxDetector, resize_bilinear
+from dhrclip.deploy.runtime import OnnxDetector
 from dhrclip.files import TEMPORARY_SUFFIX
 
 pytest.importorskip("onnxruntime")
@@ -126,11 +129,7 @@ def test_predict_with_onnx_gives_the_pytorch_decisions(exported, checkpoint, par
     assert len(list((tmp_path / "onnx" / "figures").glob("*.png"))) == 5
 
 
-def test_what_cannot_be_exported_is_refused_naming_the_flag(checkpoint, tmp_path, capsys, exported, parts):
-    with pytest.raises(SystemExit):
-        cli.export_main(["--checkpoint_path", str(checkpoint), "--output", str(tmp_path / "m.onnx"),
-                         "--grid", "auto", "--device", "cpu"])
-    assert "--grid" in capsys.readouterr().err
+def test_what_an_exported_file_fixes_is_refused_naming_the_flag(checkpoint, tmp_path, capsys, exported, parts):
     with pytest.raises(SystemExit):
         cli.predict_main(["--onnx", str(exported), "--input", str(parts), "--grid", "auto",
                           "--save_path", str(tmp_path / "p")])
@@ -141,19 +140,48 @@ def test_what_cannot_be_exported_is_refused_naming_the_flag(checkpoint, tmp_path
     assert "--sigma" in capsys.readouterr().err
 
 
-def test_thresholds_of_predict_pys_default_grid_name_the_flag_that_calibrates_for_the_export(checkpoint, parts,
-                                                                                           tmp_path, capsys):
-    """predict.py calibrates on the auto grid by default; the export holds the fixed grid, so export.py says
-    in one line which flag gives thresholds it can take."""
-    cli.predict_main(["--checkpoint_path", str(checkpoint), "--input", str(parts), "--calibrate_on", str(parts),
-                      "--save_path", str(tmp_path / "predictions"), "--device", "cpu", "--num_workers", "0"])
-    with pytest.raises(SystemExit) as done:
-        cli.export_main(["--checkpoint_path", str(checkpoint), "--threshold_file",
-                         str(tmp_path / "predictions" / "threshold.json"), "--output", str(tmp_path / "m.onnx"),
-                         "--device", "cpu"])
-    error = capsys.readouterr().err.strip().splitlines()
-    assert done.value.code == 2 and len(error) == 1 and "predict.py --grid fixed --calibrate_on" in error[0]
-    assert not (tmp_path / "m.onnx").exists()
+def test_predict_calibrate_export_predict_with_default_flags_on_every_aspect_ratio(checkpoint, tmp_path):
+    """The README's journey with no grid flag anywhere: predict.py calibrates on its default
+    (auto) grid, export.py exports that grid, and predict.py --onnx gives the PyTorch run's
+    decisions and maps on images of 1:3, 3:1, 4:3, square and 2448×1024."""
+    rng = np.random.default_rng(11)
+    parts, good = tmp_path / "parts", tmp_path / "good"
+    parts.mkdir()
+    good.mkdir()
+    for name, (h, w) in {"tall": (180, 60), "wide": (60, 180), "four_three": (90, 120), "square": (100, 100),
+                         "camera": (1024, 2448)}.items():
+        Image.fromarray(synthetic_image("disk", h, w, rng)).save(parts / f"{name}.png")
+    for k, (h, w) in enumerate([(100, 100), (90, 120), (60, 180), (120, 90)]):
+        Image.fromarray(synthetic_image("disk", h, w, rng)).save(good / f"good_{k}.png")
+    runtime = ["--device", "cpu", "--num_workers", "0"]
+    cli.predict_main(["--checkpoint_path", str(checkpoint), "--input", str(parts), "--calibrate_on", str(good),
+                      "--save_path", str(tmp_path / "predictions"), *runtime])
+    cli.export_main(["--checkpoint_path", str(checkpoint), "--threshold_file",
+                     str(tmp_path / "predictions" / "threshold.json"), "--output", str(tmp_path / "m.onnx"),
+                     "--device", "cpu"])
+    exported = OnnxDetector(tmp_path / "m.onnx")
+    assert exported.metadata.signature.grid == {"mode": "auto", "max_tiles": 9}
+    cli.predict_main(["--onnx", str(tmp_path / "m.onnx"), "--input", str(parts), "--save_path", str(tmp_path / "onnx"),
+                      "--num_workers", "0"])
+
+    def rows(name):
+        with open(tmp_path / name / "predictions.csv") as handle:
+            return {Path(r["path"]).name: r for r in csv.DictReader(handle)}
+
+    torch_rows, onnx_rows = rows("predictions"), rows("onnx")
+    assert {n: r["decision"] for n, r in onnx_rows.items()} == {n: r["decision"] for n, r in torch_rows.items()}
+    assert {r["decision"] for r in torch_rows.values()} <= {"normal", "anomalous"} and len(torch_rows) == 5
+    assert {n: (r["rows"], r["cols"]) for n, r in onnx_rows.items()} == \
+        {n: (r["rows"], r["cols"]) for n, r in torch_rows.items()}
+    for name in torch_rows:  # float16 files: one step of float16 apart at most
+        saved = [np.load(tmp_path / run / "maps" / f"{Path(name).stem}_png.npy").astype(np.float32)
+                 for run in ("predictions", "onnx")]
+        assert saved[0].shape == saved[1].shape and np.abs(saved[0] - saved[1]).max() <= 2e-3
+    model = DHRCLIP.from_checkpoint(checkpoint, device="cpu")
+    images = sorted(parts.iterdir())
+    for a, b in zip(model.predict(images), exported.predict(images)):  # float32: within 1e-3
+        assert a.grid == b.grid and np.abs(a.anomaly_map - b.anomaly_map).max() < 1e-3
+        assert abs(a.score - b.score) < 1e-4
 
 
 def test_fp16_export_and_a_baked_reference_bank(checkpoint, parts, tmp_path):
@@ -266,3 +294,113 @@ def test_the_onnx_path_refuses_images_over_max_megapixels_from_their_header(expo
             ["predictions"]}
     assert sorted(n for n, r in rows.items() if r["error"]) == ["part_2.png", "part_3.png"]
     assert all("over the limit of max_megapixels 0.0097" in rows[n]["error"] for n in ("part_2.png", "part_3.png"))
+
+
+# ---- predict.py --onnx without torch ---------------------------------------------------------------
+# A virtual environment with numpy, Pillow and onnxruntime and nothing heavier (no torch, open_clip,
+# OpenCV, scikit-learn, scikit-image or SciPy), made from what this one has installed (nothing is
+# downloaded): those three distributions are linked into it, and the project goes in as a wheel.
+HEAVY = ("torch", "open_clip", "cv2", "sklearn", "skimage", "scipy")
+
+
+def link_distribution(name: str, site: Path) -> None:
+    """Make an installed distribution importable in ``site`` by linking its top-level entries."""
+    dist = importlib.metadata.distribution(name)
+    base = Path(dist.locate_file(""))
+    for top in sorted({Path(str(f)).parts[0] for f in dist.files or []}):
+        if top != ".." and not (site / top).exists():
+            (site / top).symlink_to(base / top)
+
+
+@pytest.fixture(scope="module")
+def light_venv(tmp_path_factory) -> Path:
+    work = tmp_path_factory.mktemp("light")
+    venv = work / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = next(venv.glob("lib/python*/site-packages"))
+    for name in ("numpy", "pillow", "onnxruntime"):
+        link_distribution(name, site)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--wheel-dir", str(work / "dist"), str(ROOT)], check=True, capture_output=True)
+    wheel = next((work / "dist").glob("dhrclip-*.whl"))
+    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # else pip may see a checkout as installed
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "--quiet",
+                    "--no-deps", "--no-index", str(wheel)], check=True, capture_output=True, env=clean)
+    return venv
+
+
+def rows(folder: Path) -> dict[str, dict]:
+    with open(folder / "predictions.csv") as handle:
+        return {Path(row["path"]).name: row for row in csv.DictReader(handle)}
+
+
+def test_predict_onnx_runs_without_torch_and_gives_the_same_table(light_venv, exported, parts, tmp_path):
+    python = light_venv / "bin" / "python"
+    absent = subprocess.run([str(python), "-c", f"import importlib.util as u; print([m for m in {HEAVY!r} "
+                             f"if u.find_spec(m)])"], capture_output=True, text=True, check=True)
+    assert absent.stdout.strip() == "[]"  # none of the heavy packages is there to import
+    common = ["--onnx", str(exported), "--input", str(parts), "--num_workers", "0"]
+    script = subprocess.run([str(python), str(ROOT / "predict.py"), *common, "--save_path", str(tmp_path / "script")],
+                            capture_output=True, text=True, cwd=tmp_path)
+    command = subprocess.run([str(light_venv / "bin" / "dhrclip-predict"), *common, "--save_path",
+                              str(tmp_path / "command")], capture_output=True, text=True, cwd=tmp_path)
+    for done in (script, command):
+        assert done.returncode == 0, done.stderr[-3000:]
+    cli.predict_main([*common, "--save_path", str(tmp_path / "here")])  # this environment, torch and all
+    here = rows(tmp_path / "here")
+    for name in ("script", "command"):
+        light = rows(tmp_path / name)
+        assert {k: r["decision"] for k, r in light.items()} == {k: r["decision"] for k, r in here.items()}
+        assert all(abs(float(light[k]["image_score"]) - float(here[k]["image_score"])) < 1e-6 for k in here)
+    assert len(list((tmp_path / "command" / "figures").glob("*.png"))) == len(here)
+
+
+def test_openvino_runs_the_file_as_onnxruntime_does(exported, parts, tmp_path):
+    pytest.importorskip("openvino")
+    images = sorted(parts.iterdir())
+    for a, b in zip(OnnxDetector(exported).predict(images), OnnxDetector(exported, runtime="openvino").predict(images)):
+        assert np.abs(a.anomaly_map - b.anomaly_map).max() < 1e-4 and abs(a.score - b.score) < 1e-5
+    cli.predict_main(["--onnx", str(exported), "--input", str(parts), "--runtime", "openvino", "--num_workers", "0",
+                      "--save_path", str(tmp_path / "openvino")])
+    cli.predict_main(["--onnx", str(exported), "--input", str(parts), "--num_workers", "0",
+                      "--save_path", str(tmp_path / "onnxruntime")])
+    assert {k: r["decision"] for k, r in rows(tmp_path / "openvino").items()} == \
+        {k: r["decision"] for k, r in rows(tmp_path / "onnxruntime").items()}
+
+
+INT8_PIXEL_AUROC_BOUND = 1.0  # points of pixel AUROC the int8 file may lose against fp32 (docs/benchmarks.md)
+
+
+def test_int8_keeps_the_pixel_auroc_of_fp32_within_its_bound(exported, checkpoint, target_data, tmp_path):
+    """The int8 export of the same detector, on the synthetic test set with masks: its pixel AUROC
+    is within ``INT8_PIXEL_AUROC_BOUND`` points of the fp32 file's."""
+    from sklearn.metrics import roc_auc_score
+
+    from dhrclip.data.images import load_mask
+    from dhrclip.data.meta import read_meta
+    from dhrclip.deploy.export import export_onnx
+
+    model = DHRCLIP.from_checkpoint(checkpoint, device="cpu", precision="fp32")
+    export_onnx(model, tmp_path / "int8.onnx", precision="int8")
+    items = [item for rows_ in read_meta(target_data).values() for item in rows_]
+    truth = np.concatenate([(load_mask(i.masks) if i.masks else np.zeros(load_rgb_shape(i.image), bool)).ravel()
+                            for i in items])
+    auroc = {}
+    for name, path in (("fp32", exported), ("int8", tmp_path / "int8.onnx")):
+        results = OnnxDetector(path).predict([i.image for i in items])
+        auroc[name] = 100 * roc_auc_score(truth, np.concatenate([r.anomaly_map.ravel() for r in results]))
+    assert OnnxDetector(tmp_path / "int8.onnx").metadata.precision == "int8"
+    assert abs(auroc["int8"] - auroc["fp32"]) <= INT8_PIXEL_AUROC_BOUND, auroc
+
+
+def load_rgb_shape(path: Path) -> tuple[int, int]:
+    with Image.open(path) as img:
+        return img.height, img.width
+
+
+def test_the_exported_file_gets_the_umasks_permissions(exported):
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    assert exported.stat().st_mode & 0o777 == 0o666 & ~mask

@@ -154,3 +154,18 @@ def test_a_saved_bank_reloads_and_is_refused_for_other_settings(checkpoint, good
     (tmp_path / "fake.safetensors").write_bytes(b"not a bank")
     with pytest.raises(UserError, match="not a reference bank"):
         model.with_reference(tmp_path / "fake.safetensors")
+
+
+def test_the_few_shot_term_weighs_the_same_against_the_zero_shot_map_with_one_tap_or_four(clip_file, goods):
+    """Both maps are sums over the tapped layers and the few-shot distances count in the bank's
+    units, so the few-shot share of the map does not depend on the number of taps. With the rule
+    it replaced (a mean of raw distances over taps) the share fell about fourfold from one tap to
+    four; the stated tolerance is a factor of 1.5."""
+    share = {}
+    for taps in ((4,), (1, 2, 3, 4)):
+        model = DHRCLIP.create(small_config(clip_file, features_list=taps), device="cpu")
+        zero = model.predict(goods[3]).anomaly_map
+        few = model.with_reference(goods[:3], grid="auto").predict(goods[3]).anomaly_map - zero
+        assert 0.25 < few.mean() / len(taps) < 1.0  # a good part: about half a unit per layer
+        share[taps] = few.mean() / zero.mean()
+    assert 1 / 1.5 < share[(4,)] / share[(1, 2, 3, 4)] < 1.5

@@ -15,10 +15,12 @@ def test_leave_one_out_calibration_never_uses_an_images_own_tokens(checkpoint, g
     few = model.with_reference(goods, grid="fixed")
     found = calibrate(few, str(goods[0].parent), RunOptions(batch_size=2))
     assert found["leave_one_out"] and found["calibration_images"] == 4
-    # each image's calibration score is its score against a bank of the other three
+    # each image's calibration score is its score against a bank of the other three, distances
+    # counted in the whole bank's units (a unit belongs to a bank, not to its subsets)
     scores = []
     for k, image in enumerate(goods):
         others = model.with_reference([g for g in goods if g != image], grid="fixed")
+        others.reference.__dict__["units"] = few.reference.units
         scores.append(others.predict(image, grid="fixed").score)
     assert found["image_threshold"] == pytest.approx(max(scores), abs=1e-6)
     assert found["good_score_range"][0] == pytest.approx(min(scores), abs=1e-6)

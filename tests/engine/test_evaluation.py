@@ -55,3 +55,38 @@ def test_a_class_draws_the_same_references_whichever_classes_are_tested(with_tra
     alone = draw_references(config, ["ring"], 5)["ring"]
     assert draw_references(config, ["checker", "ring"], 5)["ring"] == alone
     assert draw_references(config, ["ring", "checker"], 5)["ring"] == alone
+
+
+def test_an_unreadable_test_image_is_left_out_named_and_ends_with_status_3(tmp_path, checkpoint, target_data):
+    """Metrics on the rest equal those of the same dataset without the broken images, whose paths
+    are in results.json; with on_error stop the run ends at the first one (status 2)."""
+    import json
+    import shutil
+
+    data, without = tmp_path / "data", tmp_path / "without"
+    shutil.copytree(target_data, data)
+    meta = json.loads((data / "meta.json").read_text())
+    broken = [meta["test"]["ring"][0], meta["test"]["checker"][-1]]  # an anomalous image with a mask, and another
+    for row in broken:
+        path = data / row["img_path"]
+        path.write_bytes(path.read_bytes()[:60])  # a truncated PNG
+    shutil.copytree(data, without)
+    meta["test"] = {c: [r for r in rows if r not in broken] for c, rows in meta["test"].items()}
+    (without / "meta.json").write_text(json.dumps(meta))
+
+    common = ["--checkpoint_path", str(checkpoint), "--aupro", "legacy", "--num_workers", "0", "--batch_size", "3",
+              "--device", "cpu"]
+    with pytest.raises(SystemExit) as info:
+        cli.test_main(["--data_path", str(data), "--save_path", str(tmp_path / "res"), *common])
+    assert info.value.code == 3
+    results = json.loads((tmp_path / "res" / "results.json").read_text())
+    assert sorted(results["skipped"]) == sorted(str(data / row["img_path"]) for row in broken)
+    cli.test_main(["--data_path", str(without), "--save_path", str(tmp_path / "clean"), *common])
+    clean = json.loads((tmp_path / "clean" / "results.json").read_text())
+    assert clean["skipped"] == {} and results["classes"].keys() == clean["classes"].keys()
+    for cls, found in results["classes"].items():  # equal up to batch composition's float rounding
+        assert found == pytest.approx(clean["classes"][cls], abs=1e-6)
+    with pytest.raises(SystemExit) as info:
+        cli.test_main(["--data_path", str(data), "--save_path", str(tmp_path / "stop"), "--on_error", "stop",
+                       *common])
+    assert info.value.code == 2 and not (tmp_path / "stop" / "results.json").exists()

@@ -7,7 +7,7 @@ from PIL import Image
 
 from dhrclip import cli
 from dhrclip.data.synthetic import synthetic_image
-from dhrclip.engine.figures import DISPLAY_MAX, DISPLAY_MIN, ColorScale, prediction_figure
+from dhrclip.engine.figures import DISPLAY_MAX, DISPLAY_MIN, ColorScale, jet, outline, prediction_figure
 
 
 def test_figures_share_one_colour_scale_with_the_threshold_in_the_middle():
@@ -75,3 +75,25 @@ def test_vis_names_made_from_the_index_never_leave_the_output_folder(tmp_path, c
     drawn = [p for p in (tmp_path / "out" / "vis").rglob("*.png")]
     assert len(drawn) == sum(len(v) for v in meta["test"].values())  # one figure per image, none overwritten
     assert all(p.resolve().is_relative_to((tmp_path / "out" / "vis").resolve()) for p in drawn)
+
+
+def test_the_colour_map_is_opencvs_jet_and_the_outline_traces_the_mask_border():
+    ramp = np.linspace(0, 1, 256, dtype=np.float32)[None, :]
+    want = cv2.applyColorMap((ramp * 255).round().astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]  # BGR -> RGB
+    assert np.abs(jet(ramp).astype(int) - want.astype(int)).max() <= 4
+    mask = np.zeros((12, 12), bool)
+    mask[3:9, 4:10] = True
+    drawn = outline(np.zeros((12, 12, 3), np.uint8), mask, color=(0, 255, 0))
+    green = drawn[..., 1] == 255
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    border = np.zeros((12, 12), np.uint8)
+    cv2.drawContours(border, contours, -1, 1, thickness=1)
+    assert np.array_equal(green, border.astype(bool))  # the border, nothing inside or outside
+
+
+def test_a_line_scan_strip_gets_a_figure_of_stacked_panels_thick_enough_to_see():
+    strip = np.zeros((200, 10000, 3), np.uint8)
+    made = prediction_figure(strip, np.zeros((200, 10000), np.float32), ColorScale.around(0.0, 1.0), "s.png", 0.5,
+                             "normal", 0.5)
+    assert made.shape[1] <= 3 * DISPLAY_MAX + 100  # as wide as one panel and the colour bar
+    assert made.shape[0] >= 3 * 60  # three panels of 61 pixels or more, one above the other

@@ -142,3 +142,37 @@ def test_an_existing_bank_is_replaced_only_with_overwrite(tmp_path, checkpoint, 
     assert info.value.field == "save_reference" and bank.read_bytes().startswith(b"the bank another run's")
     predict(model, settings(PredictConfig, save_path=tmp_path / "second", overwrite=True, **config))
     assert read_bank(bank).images == len(goods)
+
+
+def test_no_maps_and_no_figures_leave_them_out_and_keep_the_table(tmp_path, checkpoint):
+    shapes = write_odd_images(tmp_path / "in")
+    full = predict_cli("--checkpoint_path", str(checkpoint), "--input", str(tmp_path / "in"),
+                       "--save_path", str(tmp_path / "full"))
+    for flags, folders in ((["--no_maps"], {"figures"}), (["--no_figures"], {"maps"}),
+                           (["--no_maps", "--no_figures"], set())):
+        out = tmp_path / "_".join(flags)
+        rows = predict_cli("--checkpoint_path", str(checkpoint), "--input", str(tmp_path / "in"),
+                           "--save_path", str(out), *flags)
+        assert [r["image_score"] for r in rows] == [r["image_score"] for r in full]
+        assert {p.name for p in out.iterdir() if p.is_dir()} == folders  # no scratch maps left behind
+        for folder in folders:
+            assert len(list((out / folder).rglob("*.*"))) == len(shapes)
+
+
+def test_files_written_get_the_umasks_permissions(tmp_path, clip_file, source_data, goods):
+    """Under umask 022 every file a run writes is 0644, as any new file is (temporary files are
+    0600 until they replace their target): checkpoints, banks, maps, tables, figures, thresholds."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        train_small(source_data, tmp_path / "run", clip_file)
+        predict_cli("--checkpoint_path", str(tmp_path / "run"), "--input", str(goods[0].parent),
+                    "--save_path", str(tmp_path / "out"), "--reference", str(goods[0].parent),
+                    "--save_reference", str(tmp_path / "bank.safetensors"), "--calibrate_on", str(goods[0].parent))
+    finally:
+        os.umask(old)
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    kinds = {p.suffix for p in written}
+    assert {".pth", ".safetensors", ".npy", ".csv", ".json", ".png", ".txt"} <= kinds, kinds
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in written if p.stat().st_mode & 0o777 != 0o644} == {}

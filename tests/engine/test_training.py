@@ -112,3 +112,32 @@ def test_a_folder_holding_a_run_is_refused_or_replaced_whole(tmp_path, clip_file
     with pytest.raises(UserError, match="has trained 1 epoch\\(s\\) already, and epochs is 1") as info:
         train_small(source_data, tmp_path / "run", clip_file, epochs=1, resume=tmp_path / "run")
     assert info.value.field == "epochs"
+
+
+def test_an_interrupted_run_resumes_with_only_resume(tmp_path, clip_file, source_data, monkeypatch, capsys):
+    """A 4-epoch run stopped by Ctrl-C after epoch 2 says how to continue; ``--resume DIR`` alone, from
+    another working folder, continues it in DIR on its data to epoch 4, reaching the prompts of an
+    uninterrupted run. Another dataset is refused; a finished run says how to train more."""
+    start = ["--train_data_path", str(source_data), "--pretrained", str(clip_file), "--epoch", "4", *SMALL]
+    cli.train_main([*start, "--save_path", str(tmp_path / "full")])
+    reported = training._report
+
+    def interrupt_after_two(epoch, config):
+        reported(epoch, config)
+        if epoch["epoch"] == 2:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(training, "_report", interrupt_after_two)
+    with pytest.raises(SystemExit) as info:
+        cli.train_main([*start, "--save_path", str(tmp_path / "run")])
+    assert info.value.code == 130 and f"train.py --resume {tmp_path / 'run'}" in capsys.readouterr().err
+    monkeypatch.setattr(training, "_report", reported)
+    monkeypatch.chdir(tmp_path)  # no ./data/mvtec here: the data must come from the checkpoint
+    cli.train_main(["--resume", str(tmp_path / "run")])
+    done = read_checkpoint(tmp_path / "run")
+    assert done.path.name == "epoch_4.pth" and sorted(p.name for p in tmp_path.iterdir()) == ["full", "run"]
+    full = read_checkpoint(tmp_path / "full" / "epoch_4.pth").prompts
+    assert all(torch.allclose(full[k], done.prompts[k], atol=1e-6) for k in full)
+    assert done.state["train_config"]["data_path"] == str(source_data)
+    expect_user_error(capsys, cli.train_main, ["--resume", str(tmp_path / "run")], "raise --epoch above 4")
+    expect_user_error(capsys, cli.train_main, ["--resume", str(tmp_path / "run"), "--train_data_path",
+                                               str(tmp_path / "full")], "another dataset")

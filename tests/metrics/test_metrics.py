@@ -244,10 +244,10 @@ def test_accumulator_is_invariant_to_batch_and_shard_boundaries():
     assert given.compute() == whole
 
 
-def test_region_sizes_and_float16_keys_round_trip():
+def test_region_sizes_and_the_float16_score_order():
     import torch
 
-    from dhrclip.metrics import float16_keys, region_sizes
+    from dhrclip.metrics import FLOAT16_RANK, float16_patterns, region_sizes
 
     mask = np.zeros((5, 6), bool)
     mask[0, 0] = True                 # size 1
@@ -256,9 +256,14 @@ def test_region_sizes_and_float16_keys_round_trip():
     sizes, count = region_sizes(mask)
     assert count == 2 and sizes[0, 0] == 1 and sizes[4, 4] == 5 and sizes[2, 2] == 5 and sizes[1, 1] == 0
     values = np.array([-3.5, -0.0, 0.0, 1e-7, 0.25, 60000.0], np.float16)
-    keys = float16_keys(torch.from_numpy(values)).numpy()
+    keys = FLOAT16_RANK[float16_patterns(torch.from_numpy(values)).numpy()]
     assert (np.diff(keys) >= 0).all() and keys[1] == keys[2]  # numeric order; -0.0 and +0.0 one key
     assert len(set(keys.tolist())) == len(values) - 1
+    # every finite float16 value, by its pattern: the ranks order them as their values
+    every = (np.arange(65536) - 32768).astype(np.int16).view(np.float16)
+    finite = np.isfinite(every)
+    by_value = np.argsort(every[finite].astype(np.float64), kind="stable")
+    assert (np.diff(FLOAT16_RANK[np.flatnonzero(finite)][by_value]) >= 0).all()
 
 
 def test_accumulator_takes_region_sizes_with_their_count_and_empty_batches():
@@ -272,3 +277,46 @@ def test_accumulator_takes_region_sizes_with_their_count_and_empty_batches():
         PixelAccumulator().update(torch.from_numpy(maps), torch.from_numpy(masks), sizes)
     acc = PixelAccumulator().update(torch.zeros(0, 5, 5), torch.zeros(0, 5, 5, dtype=torch.bool))
     assert int(acc.state.sum()) == 0
+
+
+def test_a_score_float16_cannot_hold_is_refused_like_nan():
+    """A one-pixel defect at 2e5 on a background of 1e5 would round to two infinities and tie
+    (AUROC 0.5 instead of 1.0): refused, naming the map."""
+    import torch
+
+    from dhrclip.metrics import PixelAccumulator
+
+    maps = torch.full((2, 4, 4), 1e5)
+    maps[1, 0, 0] = 2e5
+    masks = torch.zeros(2, 4, 4, dtype=torch.bool)
+    masks[1, 0, 0] = True
+    with pytest.raises(ValueError, match="score map 0 contains NaN, Inf, or a score beyond float16's range"):
+        PixelAccumulator().update(maps, masks)
+    assert PixelAccumulator().update(maps / 10, masks).compute()["auroc"] == pytest.approx(1.0)  # in range: exact
+
+
+def test_scores_in_a_narrow_band_get_a_bound_on_their_rounding_error_and_a_warning(caplog):
+    """Scores between 0.5 and 0.5005 span one or two float16 steps: the accumulator bounds how far
+    rounding can have moved AUROC and AUPRO (ties counted half), against the exact float64 value;
+    spread over [0, 1] the bound is negligible."""
+    import torch
+
+    from dhrclip.engine.class_metrics import ClassState
+    from dhrclip.metrics import PixelAccumulator
+
+    rng = np.random.default_rng(0)
+    masks = np.zeros((6, 32, 32), bool)
+    masks[3:, 8:20, 8:20] = True
+    raw = rng.random((6, 32, 32)) + masks * 0.6
+    narrow = 0.5 + 0.0005 * raw / raw.max()
+    exact = pixel_metrics(masks, narrow.astype(np.float64))
+    acc = PixelAccumulator().update(torch.from_numpy(narrow.astype(np.float32)), torch.from_numpy(masks))
+    rounded, bound = acc.compute(), acc.rounding_bound()
+    assert bound["auroc"] > 1.0
+    assert abs(100 * (rounded["auroc"] - exact["auroc"])) <= bound["auroc"] + 1e-9
+    assert abs(100 * (rounded["aupro"] - exact["aupro"])) <= bound["aupro"] + 1e-9
+    spread = PixelAccumulator().update(torch.from_numpy((raw / raw.max()).astype(np.float32)), torch.from_numpy(masks))
+    assert max(spread.rounding_bound().values()) < 0.05
+    with caplog.at_level("WARNING"):
+        ClassState(acc).compute("bottle", "exact")
+    assert "class bottle: its scores span few float16 steps" in caplog.text

@@ -69,7 +69,8 @@ def test_fewshot_benchmark_runs():
 
 def test_deploy_benchmark_runs():
     pytest.importorskip("onnxruntime")
-    out = subprocess.run([sys.executable, "scripts/bench_deploy.py", "--batches", "1", "--batch_size", "1",
-                          "--device", "cpu"], cwd=ROOT, check=True, capture_output=True, text=True).stdout
-    runs = [json.loads(line) for line in out.strip().splitlines() if line.startswith("{")]
+    out = subprocess.run([sys.executable, "scripts/bench_deploy.py", "--models", "tiny", "--batch_sizes", "1",
+                          "--images", "1", "--rounds", "1", "--runtimes", "pytorch", "onnxruntime"],
+                         cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    runs = [json.loads(line) for line in out.strip().splitlines() if line.startswith('{"model"')]
     assert [r["runtime"] for r in runs] == ["pytorch", "onnxruntime"] and all(r["images_per_s"] > 0 for r in runs)
