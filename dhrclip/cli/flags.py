@@ -176,7 +176,7 @@ def settings_from(cls: type, args: argparse.Namespace, **given: Any) -> Any:
     made = cls(**values)
     run = getattr(made, "run", None)
     if run is not None and run.grid == FIXED_GRID and "max_tiles" in getattr(args, "written", ()):
-        raise UserError("max_tiles bounds the tiles of grid auto; grid fixed always cuts tiles_per_side × "
+        raise UserError("max_tiles bounds the tiles of `grid` auto; `grid` fixed always cuts tiles_per_side × "
                         "tiles_per_side tiles", field="max_tiles")
     return made
 

@@ -171,8 +171,13 @@ class ResolvedConfig:
         def shown(value: object) -> str:
             return " ".join(map(str, value)) if isinstance(value, tuple) else str(value)
         width = max(len(name) for name in self.sources)
+        sources = dict(self.sources)
+        pretrained = str(self.config.pretrained)
+        if "model" in sources and pretrained.lower() != "none" and ("/" in pretrained or "." in pretrained):
+            sources["model"] += ("; a weights file in OpenAI's format builds the architecture its tensors "
+                                 "describe instead")
         return "\n".join(f"{name:<{width}}  {shown(getattr(self.config, name)):<28}  {source}"
-                         for name, source in self.sources.items())
+                         for name, source in sources.items())
 
 
 def resolve_model_config(overrides: Mapping[str, Any], saved: ModelConfig | None = None,

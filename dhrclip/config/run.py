@@ -195,6 +195,8 @@ class EvalConfig:
                          help="exact MVTec AUPRO, or the reference's 200-threshold value for comparing with its "
                               "tables (legacy keeps each class's maps in host memory; exact keeps only histograms)")
     vis: bool = setting(False, help="write per-image figures with the ground truth")
+    defect_types: bool = setting(False, help="also print a table per defect type (each type's anomalous images "
+                                             "against the class's normal ones); results.json always has them")
     k_shot: int = setting(0, help="few-shot: a reference bank of K good images per class from the train split of "
                                   "meta.json, drawn with `seed` (0: zero-shot)")
     k_shot_runs: int = setting(1, help="few-shot draws (seeds `seed`, `seed`+1, ...), reported as mean ± std")

@@ -30,8 +30,8 @@ def read_meta(root: Path, split: str = "test", classes: list[str] | None = None)
         raise UserError(f"dataset root not found: {root}")
     meta_path = root / "meta.json"
     if not meta_path.is_file():
-        raise UserError(f"{meta_path} not found; index the dataset first with the generator for its layout in "
-                        f"generate_dataset_json/ (see the README's Datasets section)")
+        raise UserError(f"{meta_path} not found; index the dataset first: dhrclip-index NAME --root {root} (NAME: "
+                        f"mvtec, visa, ... or folder for your own images), or its script in generate_dataset_json/")
     try:
         meta = json.loads(meta_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

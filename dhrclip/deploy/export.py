@@ -166,8 +166,8 @@ def report_agreement(reference: Path, quantized: Path, inputs: dict[str, np.ndar
     return found
 
 
-def export_onnx(model: DHRCLIP, output: Path, thresholds: Thresholds = NO_THRESHOLDS, precision: str = "fp32",
-                run: RunOptions = EXPORT_RUN, opset: int = OPSET) -> Path:
+def export_onnx(model: DHRCLIP, output: str | os.PathLike, thresholds: Thresholds = NO_THRESHOLDS,
+                precision: str = "fp32", run: RunOptions = EXPORT_RUN, opset: int = OPSET) -> Path:
     """Write ``model`` (with its few-shot bank, if any) for ``run``'s grid to ``output`` as one ONNX
     file, atomically: an interrupted export leaves any earlier file in place.
 

@@ -277,6 +277,43 @@ class ClassMetrics:
     per_class: dict[str, dict[str, float | None]]
     seconds: float
     skipped: dict[str, str] = field(default_factory=dict)
+    by_type: dict[str, dict[str, dict[str, float | None]]] = field(default_factory=dict)  # class -> type -> metrics
+
+
+class DefectTypes:
+    """Per-defect-type metrics (MVTec AD's ``specie_name``) of the classes with two types or more:
+    each type is scored on its anomalous images and all of its class's normal ones, in a state of
+    its own named ``class/type`` (exact AUPRO, whatever ``aupro``), summed across processes like
+    the classes' states."""
+
+    def __init__(self, by_class: dict[str, list[Item]], shard: ClassShard, pixel_classes: set[str], image: bool,
+                 device: torch.device) -> None:
+        self.kinds = {c: sorted({i.specie_name for i in items if i.anomaly}) for c, items in by_class.items()}
+        self.kinds = {c: kinds for c, kinds in self.kinds.items() if len(kinds) > 1}
+        counts: Counter[str] = Counter()
+        owners = shard.class_of(np.arange(len(shard.items)) + shard.range.start)
+        for item, owner in zip(shard.items, owners):
+            counts.update(self.targets(shard.names[owner], item))
+        self.parts = {f"{c}/{t}": (c, t) for c, kinds in self.kinds.items() for t in kinds}
+        self.names = list(self.parts)
+        pixel = {f"{c}/{t}" for c in pixel_classes & set(self.kinds) for t in self.kinds[c]}
+        self.states = ClassStates({n: counts.get(n, 0) for n in self.names}, pixel, image, "exact", device)
+
+    def targets(self, cls: str, item: Item) -> list[str]:
+        """The type states an image of class ``cls`` counts in: its own type's, or, when normal,
+        every type's of its class."""
+        kinds = self.kinds.get(cls, [])
+        if not kinds:
+            return []
+        return [f"{cls}/{item.specie_name}"] if item.anomaly else [f"{cls}/{t}" for t in kinds]
+
+    def finish(self) -> dict[str, dict[str, dict[str, float | None]]]:
+        found = self.states.finish(self.names, {})
+        out: dict[str, dict[str, dict[str, float | None]]] = {}
+        for name, metrics in found.items():
+            cls, kind = self.parts[name]
+            out.setdefault(cls, {})[kind] = metrics
+        return out
 
 
 def metrics_by_class(model: DHRCLIP, by_class: dict[str, list[Item]], config: EvalConfig, pixel_classes: set[str],
@@ -297,6 +334,7 @@ def metrics_by_class(model: DHRCLIP, by_class: dict[str, list[Item]], config: Ev
     dataset = CanvasDataset(shard.items, model.grid_for(run), run, Masks.SCORED if pixel_classes else None,
                             skip_errors=config.on_error == "skip")
     skipped: dict[str, str] = {}
+    types = DefectTypes(by_class, shard, pixel_classes, image, model.device)
     for batch in iter_batches(model.model, dataset, config.map_norm, desc="testing", progress=here.is_main):
         began = time.perf_counter()
         for position, why in batch.errors.items():
@@ -306,22 +344,28 @@ def metrics_by_class(model: DHRCLIP, by_class: dict[str, list[Item]], config: Ev
             if legacy is not None:
                 legacy.left_out(name)
             states.added(name, 1, legacy)
+            for target in types.targets(name, shard.items[position]):
+                types.states.added(target, 1, None)
         maps = scored_maps(batch)
-        all_masks, all_sizes, regions = batch.masks, batch.region_sizes, batch.regions
         for name, ks, within in shard.by_class(batch.index):
-            state = states[name]
-            if image:
-                state.image.update(batch.scores[ks], np.array([shard.items[i].anomaly for i in batch.index[ks]]))
-            masks = None
-            if state.pixel is not None and all_masks is not None and all_sizes is not None and regions is not None:
-                masks = [all_masks[k] for k in ks]
-                _add_pixels(state.pixel, [maps[k] for k in ks], masks, [all_sizes[k] for k in ks], regions[ks])
-                if legacy is not None:
-                    legacy.add(name, within, [maps[k] for k in ks], masks)
+            labels = [shard.items[i].anomaly for i in batch.index[ks]] if image else None
+            masks = _add(states[name], batch, ks, maps, labels)
+            if legacy is not None and masks is not None:
+                legacy.add(name, within, [maps[k] for k in ks], masks)
             if spool is not None:
                 spool.add(name, batch.index[ks] + shard.range.start, [maps[k] for k in ks], batch.scores[ks],
                           batch.sizes[ks], masks)
             states.added(name, len(ks), legacy)
+        grouped: dict[str, list[int]] = {}
+        for name, ks, _ in shard.by_class(batch.index):
+            for k in ks:
+                for target in types.targets(name, shard.items[batch.index[k]]):
+                    grouped.setdefault(target, []).append(int(k))
+        for target, picked in grouped.items():
+            ks = np.array(picked)
+            _add(types.states[target], batch, ks, maps,
+                 [shard.items[i].anomaly for i in batch.index[ks]] if image else None)
+            types.states.added(target, len(ks), None)
         metrics_s += time.perf_counter() - began
     barrier()  # waiting for the other processes' inference is inference time
 
@@ -332,5 +376,21 @@ def metrics_by_class(model: DHRCLIP, by_class: dict[str, list[Item]], config: Ev
         every = np.arange(len(shard.all_items))
         spool.draw([shard.names[c] for c in shard.class_of(every)], shard.all_items, run.bit_depth)
     metrics_s += time.perf_counter() - began
+    by_type = types.finish()
+    metrics_s += time.perf_counter() - began
     every_skipped = {path: why for part in gather_all(skipped) for path, why in part.items()}
-    return ClassMetrics(per_class, metrics_s, every_skipped)
+    return ClassMetrics(per_class, metrics_s, every_skipped, by_type)
+
+
+def _add(state: ClassState, batch: BatchOutput, ks: np.ndarray, maps: list[torch.Tensor],
+         labels: list[int] | None) -> list[torch.Tensor] | None:
+    """Images ``ks`` of a batch into a state: their scores with their ``labels`` (None: image
+    metrics not asked for), and their maps where it keeps pixels. Returns their masks when
+    pixels were added."""
+    if labels is not None:
+        state.image.update(batch.scores[ks], np.array(labels))
+    if state.pixel is None or batch.masks is None or batch.region_sizes is None or batch.regions is None:
+        return None
+    masks = [batch.masks[k] for k in ks]
+    _add_pixels(state.pixel, [maps[k] for k in ks], masks, [batch.region_sizes[k] for k in ks], batch.regions[ks])
+    return masks

@@ -54,6 +54,17 @@ def format_table(per_class: dict[str, dict], mean: dict, names: list[str], std: 
     return tabulate(rows, headers=["objects", *names], tablefmt="pipe")
 
 
+def protocol_header(model: DHRCLIP, config: EvalConfig, checkpoint: str | None) -> str:
+    """One line that says what a table is: the checkpoint, zero-shot or K-shot with its draws,
+    the grid and the geometry."""
+    protocol = (f"{config.k_shot}-shot, {config.k_shot_runs} draw{'s' if config.k_shot_runs > 1 else ''}"
+                if config.k_shot else "zero-shot")
+    c = model.config
+    return (f"checkpoint {checkpoint or 'none (untrained prompts)'} | {protocol} | "
+            f"{model.grid_for(config.run).describe()} | S={c.image_size} P={c.patch_image_size} "
+            f"T={c.target_image_size} | map_norm {config.map_norm}, aupro {config.aupro}")
+
+
 def draw_references(config: EvalConfig, classes: list[str], seed: int) -> dict[str, list[Item]]:
     """``k_shot`` good images per class from the dataset's train split, drawn with ``seed`` and the
     class's name, so a class draws the same images whichever other classes are tested."""
@@ -83,6 +94,7 @@ def few_shot_metrics(model: DHRCLIP, by_class: dict[str, list[Item]], config: Ev
     runs: list[dict[str, Any]] = []
     metrics_s = 0.0
     skipped: dict[str, str] = {}
+    by_type: dict[str, list[dict[str, dict[str, float | None]]]] = {}
     for run in range(config.k_shot_runs):
         seed = run_options.seed + run
         drawn = draw_references(config, list(by_class), seed)
@@ -96,10 +108,14 @@ def few_shot_metrics(model: DHRCLIP, by_class: dict[str, list[Item]], config: Ev
             per_class.update(found.per_class)
             metrics_s += found.seconds
             skipped.update(found.skipped)
+            for cls_, kinds in found.by_type.items():
+                by_type.setdefault(cls_, []).append(kinds)
         runs.append({"seed": seed, "references": {c: [str(i.image) for i in drawn[c]] for c in by_class},
                      "classes": per_class, "mean": mean_metrics(per_class)})
     averaged = {cls: mean_metrics({str(k): run["classes"][cls] for k, run in enumerate(runs)}) for cls in by_class}
-    return ClassMetrics(averaged, metrics_s, skipped), runs
+    types = {cls: {kind: mean_metrics({str(k): draw[kind] for k, draw in enumerate(draws)}) for kind in draws[0]}
+             for cls, draws in by_type.items()}
+    return ClassMetrics(averaged, metrics_s, skipped, types), runs
 
 
 def _classes_with_masks(by_class: dict[str, list[Item]]) -> set[str]:
@@ -144,7 +160,7 @@ def evaluate(model: DHRCLIP, config: EvalConfig) -> dict:
     Prints the per-class table, appends it to ``save_path/log.txt`` and writes
     ``save_path/results.json``, which it also returns: {"dataset",
     "checkpoint", "config", "test_config", "classes": {cls: {metric: value}},
-    "mean", "notes", "skipped", "timing"}; metrics are fractions, None where undefined
+    "mean", "notes", "skipped", "header", "defect_types", "timing"}; metrics are fractions, None where undefined
     ("notes" says why); "skipped" names the unreadable images left out (``on_error`` skip).
     With ``k_shot`` each class is tested with a few-shot bank
     of its good train images (docs/method.md §11); "classes" and "mean" average the
@@ -163,7 +179,7 @@ def evaluate(model: DHRCLIP, config: EvalConfig) -> dict:
                         f"image, so there is nothing to report; use metrics image-level", field="metrics")
     want_pixel = bool(pixel_classes)
     if config.aupro == "legacy" and want_pixel and not model.grid_for(config.run).uniform:
-        raise UserError("aupro legacy reproduces the reference's fixed-canvas protocol; use grid fixed with it",
+        raise UserError("`aupro` legacy reproduces the reference's fixed-canvas protocol; use `grid` fixed with it",
                         field="aupro")
 
     checkpoint = str(model.checkpoint) if model.checkpoint is not None else None
@@ -189,14 +205,20 @@ def evaluate(model: DHRCLIP, config: EvalConfig) -> dict:
     names = [n for n in METRIC_NAMES
              if (want_pixel and n.startswith("pixel")) or (want_image and n.startswith("image"))]
     std = over_defined([run["mean"] for run in runs], np.std) if len(runs) > 1 else None  # population std
-    table = format_table(per_class, mean, names, std)
+    header = protocol_header(model, config, checkpoint)
+    table = f"{header}\n{format_table(per_class, mean, names, std)}"
+    if config.defect_types and found.by_type:
+        rows = {f"{cls}/{kind}": metrics for cls, kinds in found.by_type.items() for kind, metrics in kinds.items()}
+        table += f"\n\nper defect type:\n{format_table(rows, mean_metrics(rows), names)}"
     here = world()
     results = {
         "dataset": dataset,
         "checkpoint": checkpoint,
         "config": model.config.to_dict(),
         "test_config": config.to_dict(),
+        "header": header,  # the checkpoint, protocol, grid and geometry, as the table's first line
         "classes": per_class,
+        "defect_types": found.by_type,  # class -> defect type -> metrics (classes with two types or more)
         "pixel_metric_classes": sorted(pixel_classes),  # the classes behind the pixel means
         "mean": mean,
         "notes": notes,  # why a metric is null, and whether images were left out

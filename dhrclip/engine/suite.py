@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -27,7 +28,7 @@ from ..detector.facade import DHRCLIP
 from ..errors import UserError
 from ..files import save_json
 from .distributed import gather_all, world
-from .evaluation import evaluate, over_defined
+from .evaluation import evaluate, over_defined, protocol_header
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ def _has_train_images(meta: dict | None) -> bool:
         return True
 
 
-def run_suite(model: DHRCLIP, data_root: Path, settings: EvalConfig, names: list[str] | None = None,
+def run_suite(model: DHRCLIP, data_root: str | os.PathLike, settings: EvalConfig, names: list[str] | None = None,
               reindex: bool = False) -> dict:
     """Test ``model`` on each dataset in ``names`` (default: all known) found under ``data_root``.
 
@@ -150,8 +151,10 @@ def run_suite(model: DHRCLIP, data_root: Path, settings: EvalConfig, names: list
         row.update(status="tested", metrics={c: results["mean"][c] for c in COLUMNS}, notes=notes + results["notes"],
                    images=results["timing"]["images"], seconds=round(time.perf_counter() - began, 1),
                    results=str(config.save_path / "results.json"))
+    checkpoint = str(model.checkpoint) if model.checkpoint else None
     report = {
-        "checkpoint": str(model.checkpoint) if model.checkpoint else None,
+        "header": protocol_header(model, settings, checkpoint),
+        "checkpoint": checkpoint,
         "data_root": str(data_root),
         "test_config": settings.to_dict(),
         "datasets": rows,
@@ -192,6 +195,7 @@ def format_suite(report: dict) -> str:
         lines += [[name, *(cell(row["metrics"][c]) for c in COLUMNS)] for name, row in tested]
         lines.append([f"mean ({domain})", *(cell(report["means"][domain][c]) for c in COLUMNS)])
     text = tabulate(lines, headers=HEADERS, tablefmt="pipe") if lines else "no dataset was tested"
+    text = f"{report['header']}\n\n{text}"
     notes = [f"- {name}: {note}" for name, row in rows.items() for note in row.get("notes", [])]
     if notes:
         text += "\n\nNotes:\n" + "\n".join(notes)

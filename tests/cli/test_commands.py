@@ -23,7 +23,8 @@ def test_print_config_of_a_checkpoint(capsys, odd_checkpoint, tmp_path):
     assert not (tmp_path / "predictions").exists()
     cli.test_main(["--checkpoint_path", str(odd_checkpoint), "--print_config", "--model", "ViT-B-16"])  # no data
     lines = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()}
-    assert lines["model"] == ["ViT-B-16", "argument"] and lines["quick_gelu"] == ["None", "backbone"]
+    assert lines["model"][:2] == ["ViT-B-16", "argument;"] and lines["quick_gelu"] == ["None", "backbone"]
+    assert "OpenAI's format builds the architecture" in " ".join(lines["model"])  # the weights are a file
 
 
 def test_cli_shows_fields_as_flags():
@@ -38,3 +39,21 @@ def test_cli_shows_fields_as_flags():
     assert cli.one_line(error, {"resume", "save_path", "overwrite"}) == \
         "run holds a previous run; continue it with --resume, choose another --save_path, or set --overwrite " \
         "(not unknown)"
+
+
+def test_contradictory_flags_and_wrong_files_get_one_line(capsys, tmp_path, checkpoint):
+    from conftest import expect_user_error
+
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "x.png")
+    (tmp_path / "t.json").write_text("{}")
+    (tmp_path / "m.onnx").write_bytes(b"\x08\x07")
+    run = ["--input", str(tmp_path / "x.png"), "--save_path", str(tmp_path / "out")]
+    expect_user_error(capsys, cli.predict_main, ["--checkpoint_path", str(checkpoint), *run, "--calibrate_on",
+                                                 str(tmp_path), "--threshold_file", str(tmp_path / "t.json")],
+                      r"--calibrate_on sets new thresholds and --threshold_file gives saved ones")
+    expect_user_error(capsys, cli.predict_main, ["--checkpoint_path", str(checkpoint), *run, "--grid", "fixed",
+                                                 "--max_tiles", "4"], r"--max_tiles bounds the tiles of --grid auto")
+    expect_user_error(capsys, cli.predict_main, ["--checkpoint_path", str(tmp_path / "m.onnx"), *run],
+                      r"is an ONNX file.*run it with --onnx")
+    expect_user_error(capsys, cli.predict_main, ["--checkpoint_path", str(tmp_path / "t.json"), *run],
+                      r"is a JSON file, not a prompt checkpoint")

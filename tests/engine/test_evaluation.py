@@ -90,3 +90,31 @@ def test_an_unreadable_test_image_is_left_out_named_and_ends_with_status_3(tmp_p
         cli.test_main(["--data_path", str(data), "--save_path", str(tmp_path / "stop"), "--on_error", "stop",
                        *common])
     assert info.value.code == 2 and not (tmp_path / "stop" / "results.json").exists()
+
+
+def test_metrics_per_defect_type_equal_a_test_of_that_type_alone_and_tables_say_what_they_are(
+        tmp_path, checkpoint, target_data, capsys):
+    """results.json's defect_types: each type's metrics are those of a dataset holding only the
+    class's normal images and that type's anomalous ones; the table's first line names the
+    checkpoint, protocol, grid and geometry, and --defect_types prints the per-type table."""
+    import json
+    import shutil
+
+    common = ["--checkpoint_path", str(checkpoint), "--num_workers", "0", "--batch_size", "4", "--device", "cpu"]
+    cli.test_main(["--data_path", str(target_data), "--save_path", str(tmp_path / "all"), "--defect_types", *common])
+    printed = capsys.readouterr().out
+    results = json.loads((tmp_path / "all" / "results.json").read_text())
+    assert printed.startswith(f"checkpoint {checkpoint}") and "zero-shot | grid fixed | S=56 P=70 T=112" in printed
+    assert "per defect type:" in printed and results["header"] in (tmp_path / "all" / "log.txt").read_text()
+    meta = json.loads((target_data / "meta.json").read_text())
+    ring = meta["test"]["ring"]
+    kinds = sorted({row["specie_name"] for row in ring if row["anomaly"]})
+    assert sorted(results["defect_types"]["ring"]) == kinds and len(kinds) > 1
+    for kind in kinds:
+        alone = tmp_path / f"only_{kind}"
+        shutil.copytree(target_data, alone)
+        rows = [row for row in ring if not row["anomaly"] or row["specie_name"] == kind]
+        (alone / "meta.json").write_text(json.dumps({"train": {}, "test": {"ring": rows}}))
+        cli.test_main(["--data_path", str(alone), "--save_path", str(tmp_path / f"res_{kind}"), *common])
+        want = json.loads((tmp_path / f"res_{kind}" / "results.json").read_text())["classes"]["ring"]
+        assert results["defect_types"]["ring"][kind] == pytest.approx(want, abs=1e-6), kind

@@ -73,9 +73,11 @@ def test_block_means_take_each_column_over_the_datasets_that_define_it():
             "e": {"domain": "medical", "status": "absent"}}
     means = block_mean(rows, "medical")
     assert means == pytest.approx({"image_auroc": 0.6, "image_ap": 0.7, "pixel_auroc": 0.8, "pixel_aupro": 0.4})
-    report = {"datasets": rows, "means": {"industrial": block_mean(rows, "industrial"), "medical": means},
+    report = {"header": "checkpoint c | zero-shot", "datasets": rows,
+              "means": {"industrial": block_mean(rows, "industrial"), "medical": means},
               "absent": ["e"], "failed": {}, "not_applicable": {}}
     lines = format_suite(report).splitlines()
+    assert lines[0] == "checkpoint c | zero-shot"  # what the table is comes first
     assert [c.strip() for c in next(line for line in lines if line.startswith("| a ")).split("|")[1:-1]] == \
         ["a", "50.0", "60.0", "-", "-"]
     assert [c.strip() for c in next(line for line in lines if "mean (medical)" in line).split("|")[1:-1]] == \
