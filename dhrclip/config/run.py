@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, is_dataclass, replace
 from pathlib import Path
@@ -161,21 +163,52 @@ class TrainConfig:
         ``num_workers``) is never inherited."""
         own = {f.name for f in fields(cls) if f.name != "run"} - {"resume", "overwrite", "save_path"}
         run_own = {f.name for f in fields(RunOptions)} - {"device", "num_workers"}
+        hints = {**typing.get_type_hints(cls), **typing.get_type_hints(RunOptions)}
         base = {k: v for k, v in recorded.items() if k in own | run_own}
-        data = given.get("data_path")
-        if data is not None and "data_path" in base and Path(data).resolve() != Path(base["data_path"]).resolve():
-            raise UserError(f"resume {resume}: the run trained on {base['data_path']}, not {data}; continuing it on "
-                            f"another dataset would make it another run (start one with save_path)", field="data_path")
-        merged = {**base, "save_path": resume, **{k: v for k, v in given.items() if v is not None}, "resume": resume}
+        for name, value in base.items():
+            if not _fits(value, hints[name]):
+                raise UserError(f"{where} records {name} {value!r}, not a {hints[name]}; it cannot be resumed",
+                                field="resume")
+        for name in ("data_path", "dataset"):
+            mine, theirs = given.get(name), base.get(name)
+            if name == "dataset" and theirs is None and base.get("data_path"):
+                theirs = Path(base["data_path"]).name  # a run's dataset is named after its folder by default
+            same = mine == theirs if name == "dataset" else Path(str(mine)).resolve() == Path(str(theirs)).resolve()
+            if mine is not None and theirs is not None and not same:
+                raise UserError(f"resume {resume}: the run trained on {name} {theirs}, not {mine}; continuing it on "
+                                f"other data would make it another run (start one with save_path)", field=name)
+
+        def made(values: Mapping[str, Any]) -> TrainConfig:
+            return cls(**{k: v for k, v in values.items() if k in own | {"save_path", "resume", "overwrite"}},
+                       run=RunOptions(**{k: v for k, v in values.items() if k in run_own | {"device", "num_workers"}}))
+        try:
+            made({**base, "save_path": resume, "resume": resume})  # the record alone must make settings
+        except (TypeError, UserError) as exc:
+            raise UserError(f"{where} records training settings that cannot be resumed ({exc})", field="resume") \
+                from exc
         for name in sorted(set(given) & set(base)):
             if given[name] is not None and given[name] != base[name] and name != "data_path":
                 log.info("resuming with %s %s (the run recorded %s)", name, given[name], base[name])
-        try:
-            return cls(**{k: v for k, v in merged.items() if k in own | {"save_path", "resume", "overwrite"}},
-                       run=RunOptions(**{k: v for k, v in merged.items() if k in run_own | {"device", "num_workers"}}))
-        except (TypeError, ValueError) as exc:
-            raise UserError(f"{where} records training settings this version cannot use ({exc}); give them as "
-                            f"settings", field="resume") from exc
+        return made({**base, "save_path": resume, **{k: v for k, v in given.items() if v is not None},
+                     "resume": resume})
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a recorded (JSON-like) ``value`` can be the setting of type ``hint``: paths as
+    strings, a float setting from an int, never a bool for a number."""
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    for option in options:
+        if option is type(None) and value is None:
+            return True
+        if option is Path and isinstance(value, str):
+            return True
+        if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True
+        if option is int and isinstance(value, int) and not isinstance(value, bool):
+            return True
+        if option in (str, bool) and isinstance(value, option):
+            return True
+    return False
 
 
 @dataclass

@@ -120,17 +120,16 @@ class CanvasDataset(Dataset):
         try:
             img = image_from_source(source.image if isinstance(source, Item) else source, self.run.bit_depth,
                                     self.run.max_pixels)
-        except UserError as exc:
+            placed = self.grid.place(img.height, img.width)
+            truth = self._truth(item, img, placed) if item is not None and self.masks is not None else {}
+        except UserError as exc:  # the image or its mask
             if not self.skip_errors:
                 raise
             return self._blank(index, item, str(exc))
-        placed = self.grid.place(img.height, img.width)
         sample = {"image": placed_canvas(img, placed), "placement": torch.tensor(placed.to_tuple()), "index": index,
-                  "size": torch.tensor([img.height, img.width])}
+                  "size": torch.tensor([img.height, img.width]), **truth}
         if item is not None:
             sample["label"] = item.anomaly
-            if self.masks is not None:
-                sample.update(self._truth(item, img, placed))
         return {**sample, "error": ""} if self.skip_errors else sample
 
     def _blank(self, index: int, item: Item | None, error: str) -> dict:

@@ -131,10 +131,7 @@ class ClassShard:
         self.starts = np.cumsum([0] + [len(by_class[c]) for c in self.names])
         self.all_items = [item for c in self.names for item in by_class[c]]
         self.range = here.shard(len(self.all_items), batch_size)
-
-    @property
-    def items(self) -> list[Item]:
-        return self.all_items[self.range.start:self.range.stop]
+        self.items = self.all_items[self.range.start:self.range.stop]  # this process's share
 
     def class_of(self, positions: np.ndarray) -> np.ndarray:
         """The class index of items at run-wide ``positions``."""
@@ -375,7 +372,6 @@ def metrics_by_class(model: DHRCLIP, by_class: dict[str, list[Item]], config: Ev
     if spool is not None:
         every = np.arange(len(shard.all_items))
         spool.draw([shard.names[c] for c in shard.class_of(every)], shard.all_items, run.bit_depth)
-    metrics_s += time.perf_counter() - began
     by_type = types.finish()
     metrics_s += time.perf_counter() - began
     every_skipped = {path: why for part in gather_all(skipped) for path, why in part.items()}

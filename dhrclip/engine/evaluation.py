@@ -235,6 +235,8 @@ def evaluate(model: DHRCLIP, config: EvalConfig) -> dict:
     with open(config.save_path / "log.txt", "a") as handle:
         handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {dataset} {checkpoint}\n{table}\n")
     save_json(config.save_path / "results.json", results)
-    log.info("%d images: inference %.1f s (%.1f images/s), metrics %.1f s; results in %s", len(items), inference_s,
-             len(items) / inference_s, metrics_s, config.save_path / "results.json")
+    done = len(items) - len(found.skipped)
+    log.info("%d images%s: inference %.1f s (%.1f images/s), metrics %.1f s; results in %s", done,
+             f" ({len(found.skipped)} unreadable, left out)" if found.skipped else "", inference_s,
+             done / max(inference_s, 1e-9), metrics_s, config.save_path / "results.json")
     return results

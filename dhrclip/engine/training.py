@@ -159,8 +159,9 @@ def _save(model: DHRCLIP, optimizer: torch.optim.Optimizer, generator: torch.Gen
     ``model.checkpoint`` then names it)."""
     path = config.save_path / f"epoch_{epoch}.pth"
     if world().is_main:
+        record = {**config.to_dict(), "data_path": str(config.data_path.resolve())}  # resumable from any folder
         save_checkpoint(path, {**model.state_dict(), "optimizer": optimizer.state_dict(),
-                               "generator": generator.get_state(), "epoch": epoch, "train_config": config.to_dict()})
+                               "generator": generator.get_state(), "epoch": epoch, "train_config": record})
     barrier()
     model.checkpoint = path
 
@@ -189,6 +190,8 @@ def _restore(resume: tuple[Checkpoint, ResumeState], model: DHRCLIP, optimizer: 
     try:
         optimizer.load_state_dict(state.optimizer)
         generator.set_state(state.generator)
+        for group in optimizer.param_groups:  # the run's learning rate, which resuming may change
+            group["lr"] = config.learning_rate
     except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as exc:
         raise UserError(f"checkpoint {checkpoint.path}: its optimizer or generator state does not fit this run "
                         f"({str(exc).splitlines()[0][:120]}); cannot resume from it", field="resume") from exc

@@ -140,4 +140,28 @@ def test_an_interrupted_run_resumes_with_only_resume(tmp_path, clip_file, source
     assert done.state["train_config"]["data_path"] == str(source_data)
     expect_user_error(capsys, cli.train_main, ["--resume", str(tmp_path / "run")], "raise --epoch above 4")
     expect_user_error(capsys, cli.train_main, ["--resume", str(tmp_path / "run"), "--train_data_path",
-                                               str(tmp_path / "full")], "another dataset")
+                                               str(tmp_path / "full")], "other data would make it another run")
+
+
+def test_resume_applies_a_new_learning_rate_and_refuses_damaged_or_foreign_records(tmp_path, clip_file, source_data,
+                                                                                  monkeypatch, capsys):
+    from dhrclip import TrainConfig
+
+    monkeypatch.chdir(source_data.parent)  # a relative data path, resumed below from another folder
+    cli.train_main(["--train_data_path", source_data.name, "--pretrained", str(clip_file), "--epoch", "1", *SMALL,
+                    "--save_path", str(tmp_path / "run")])
+    assert read_checkpoint(tmp_path / "run").state["train_config"]["data_path"] == str(source_data.resolve())
+    monkeypatch.chdir(tmp_path)
+    cli.train_main(["--resume", str(tmp_path / "run"), "--epoch", "2", "--learning_rate", "0.02"])
+    state = read_checkpoint(tmp_path / "run").state
+    assert [g["lr"] for g in state["optimizer"]["param_groups"]] == [0.02]
+    assert state["train_config"]["learning_rate"] == 0.02 and state["epoch"] == 2
+    expect_user_error(capsys, cli.train_main, ["--resume", str(tmp_path / "run"), "--epoch", "3", "--dataset",
+                                               "visa"], r"trained on --dataset source0, not visa; .* other data")
+    record = dict(state["train_config"], batch_size=8.5)
+    with pytest.raises(UserError, match="records batch_size 8.5") as info:
+        TrainConfig.continuing(record, {}, tmp_path / "run", "checkpoint x")
+    assert info.value.field == "resume"
+    with pytest.raises(UserError, match="cannot be resumed") as info:
+        TrainConfig.continuing(dict(state["train_config"], grid="sideways"), {}, tmp_path / "run", "checkpoint x")
+    assert info.value.field == "resume"
