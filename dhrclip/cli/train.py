@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 from ..config import TrainConfig, resolve_model_config
-from ..errors import UserError
 from .common import add_model_flags, join_processes, model_overrides, print_config, run
 from .flags import add_settings, explicit_settings, new_parser, settings_from
 
@@ -19,19 +18,15 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from ..detector.checkpoint import latest_checkpoint, read_checkpoint, read_resume_state
-    from ..engine.training import train
+    from ..engine.training import resume_point, train
 
     device = join_processes(args.device)
     saved = None
     if args.resume is not None:  # the recorded run, with the flags written on top
-        last = latest_checkpoint(args.resume)
-        if last is None:
-            raise UserError(f"resume {args.resume}: no epoch_N.pth to resume from", field="resume")
-        checkpoint = read_checkpoint(last)
+        checkpoint, state = resume_point(args.resume)
         given = explicit_settings(TrainConfig, args, args.written)
-        config = TrainConfig.continuing(read_resume_state(checkpoint).train_config, {**given, "device": device},
-                                        args.resume, f"checkpoint {last}")
+        config = TrainConfig.continuing(state.train_config, {**given, "device": device}, args.resume,
+                                        f"checkpoint {checkpoint.path}")
         saved = checkpoint.config
     else:
         data = args.train_data_path or Path(f"./data/{args.dataset or 'mvtec'}")

@@ -58,7 +58,7 @@ def train(config: TrainConfig, model: ModelConfig | DHRCLIP | None = None) -> li
     here, run = world(), config.run
     generator = seed_everything(run.seed)
     items = _training_items(config)
-    resume = _resume_point(config.resume)
+    resume = resume_point(config.resume) if config.resume is not None else None
     if resume is not None and resume[1].epoch >= config.epochs:
         done = resume[1].epoch
         raise UserError(f"{resume[0].path} has trained {done} epoch(s) already, and epochs is {config.epochs}: "
@@ -166,10 +166,9 @@ def _save(model: DHRCLIP, optimizer: torch.optim.Optimizer, generator: torch.Gen
     model.checkpoint = path
 
 
-def _resume_point(folder: Path | None) -> tuple[Checkpoint, ResumeState] | None:
-    """The checkpoint to resume from and its training state, checked before any work starts."""
-    if folder is None:
-        return None
+def resume_point(folder: Path) -> tuple[Checkpoint, ResumeState]:
+    """The checkpoint of the run in ``folder`` to resume from (its last epoch_N.pth) and its
+    training state, checked before any work starts."""
     last = latest_checkpoint(folder)
     if last is None:
         raise UserError(f"resume {folder}: no epoch_N.pth to resume from", field="resume")
