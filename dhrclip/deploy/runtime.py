@@ -74,8 +74,14 @@ class OnnxDetector:
     @property
     def grid(self) -> Grid:
         """The grid the file was exported for."""
+        own = self.own_run()
+        return grid_for(own.grid, own.max_tiles, self.config)
+
+    def own_run(self, batch_size: int = RunOptions.batch_size) -> RunOptions:
+        """Run options on the grid the file was exported for."""
         record = self.metadata.signature.grid
-        return grid_for(record["mode"], record.get("max_tiles", DEFAULT_MAX_TILES), self.config)
+        return RunOptions(grid=record["mode"], max_tiles=record.get("max_tiles", DEFAULT_MAX_TILES),
+                          batch_size=batch_size)
 
     def run(self, canvases: np.ndarray, placements: Sequence[Placement] | None = None
             ) -> tuple[np.ndarray, np.ndarray]:
@@ -99,8 +105,7 @@ class OnnxDetector:
         canvas shape in batches of ``run.batch_size`` (so not in input order on the auto grid);
         the contract of ``DHRCLIP.iter_predictions``, on the file's grid."""
         grid = self.grid
-        run = run or RunOptions(grid=grid.mode, max_tiles=self.metadata.signature.grid.get("max_tiles",
-                                                                                            DEFAULT_MAX_TILES))
+        run = run or self.own_run()
         if not grid_for(run.grid, run.max_tiles, self.config).matches(self.metadata.signature.grid):
             raise UserError(f"this file was exported for {grid.describe()}; export again with the grid you ask "
                             f"for, or run it with its own", field="grid")
@@ -140,9 +145,7 @@ class OnnxDetector:
     def predict(self, images: ImageSource | Sequence[ImageSource], batch_size: int = 8
                 ) -> Prediction | list[Prediction]:
         """Maps (at each image's own size) and scores: one image gives one result, a list a list."""
-        record = self.metadata.signature.grid
-        return predict_each(self, images, RunOptions(grid=record["mode"], batch_size=batch_size,
-                                                     max_tiles=record.get("max_tiles", DEFAULT_MAX_TILES)))
+        return predict_each(self, images, self.own_run(batch_size))
 
     def decide(self, result: Prediction) -> str:
         """'anomalous', 'normal', or '' without thresholds, by the file's thresholds."""
