@@ -12,14 +12,10 @@ from torch import nn
 
 from ..errors import UserError
 from .attention import block_forward, dual_attention
+from .budget import cpu_views
 from .runtime import exporting
 
 log = logging.getLogger(__name__)
-
-# On the CPU a forward holds at most this many token activations (tokens × width): with more, the
-# small models' attention spills out of the caches and each view costs up to 60% more (a tiny CLIP at
-# S=336: 9.9 ms per view in forwards of 4 views, 15.9 ms in one of 40; ViT-B-16 is flat either way)
-CPU_ACTIVATIONS = 300_000
 
 
 @dataclass
@@ -63,6 +59,7 @@ class VisionEncoder(nn.Module):
         self.features_list = list(features_list)
         self.first_dual = self.layers - dpam + 2  # 1-based index of the first dual-path block
         self.patch_size = visual.conv1.kernel_size[0]
+        self.width = int(visual.conv1.out_channels)
         side = round((visual.positional_embedding.shape[0] - 1) ** 0.5)
         self.native_grid = (side, side)
         self._pos_cache: dict[tuple[int, int, torch.device, torch.dtype], torch.Tensor] = {}
@@ -89,10 +86,10 @@ class VisionEncoder(nn.Module):
     def forward(self, images: torch.Tensor) -> VisionOutput:
         """Encode (B, 3, H, W) views. Sizes that are not multiples of the patch size are
         allowed, as in the reference: the patch grid covers the top-left whole patches. On the
-        CPU the views go through in chunks of at most ``CPU_ACTIVATIONS`` token activations."""
+        CPU the views go through in chunks of ``budget.cpu_views``."""
         if images.device.type == "cpu" and not exporting():
             tokens = (images.shape[-2] // self.patch_size) * (images.shape[-1] // self.patch_size) + 1
-            chunk = max(1, CPU_ACTIVATIONS // (tokens * self.visual.conv1.out_channels))
+            chunk = cpu_views(tokens, self.width)
             if images.shape[0] > chunk:
                 parts = [self._forward(images[start:start + chunk]) for start in range(0, images.shape[0], chunk)]
                 return VisionOutput(tokens=[torch.cat(layer) for layer in zip(*(p.tokens for p in parts))],

@@ -96,7 +96,7 @@ def _example(model: DHRCLIP, grid: Grid) -> tuple[dict[str, torch.Tensor], dict[
 def _vision_shapes(model: DHRCLIP) -> set[tuple[int, ...]]:
     """The shapes of the vision tower's matrix weights (either way round): attention in and out,
     MLP in and out, and the projection to the embedding."""
-    width = int(model.model.clip.visual.conv1.out_channels)
+    width = model.model.vision.width
     embedding = model.model.token_width
     shapes = {(width, 3 * width), (width, width), (width, 4 * width), (width, embedding)}
     return shapes | {(b, a) for a, b in shapes}
@@ -199,7 +199,8 @@ def export_onnx(model: DHRCLIP, output: str | os.PathLike, thresholds: Threshold
     signature = model.signature(run)
     checkpoint = str(Path(model.checkpoint).resolve()) if model.checkpoint else None
     meta = OnnxMetadata(__version__, replace(signature, checkpoint=checkpoint), model.config.target_image_size,
-                        precision, thresholds, model.reference_sources, model.model.vision.patch_size)
+                        precision, thresholds, model.reference_sources, model.model.vision.patch_size,
+                        model.model.vision.width)
     log.info("exporting %s to %s (opset %d, %s)", grid.describe(), output, opset, precision)
     remove_temporaries(output.parent, output.name)  # of an export into this file that was killed
     temporary: list[Path] = []

@@ -35,6 +35,7 @@ class OnnxMetadata:
     thresholds: Thresholds           # stored at export; none known when both are None
     reference_images: list[str]      # the baked bank's images
     patch: int | None = None         # the backbone's patch size (the auto grid's global view needs it)
+    width: int | None = None         # the vision tower's width (the CPU runtime splits batches by it)
 
     @property
     def config(self) -> ModelConfig:
@@ -52,6 +53,7 @@ class OnnxMetadata:
             "grid": json.dumps(signature.grid),
             "canvas": str(self.canvas),
             "patch": str(self.patch or ""),
+            "width": str(self.width or ""),
             "precision": self.precision,
             "checkpoint": signature.checkpoint or "",
             "checkpoint_fingerprint": signature.checkpoint_fingerprint or "",
@@ -85,10 +87,7 @@ def read_metadata(properties: Mapping[str, str], path: Path) -> OnnxMetadata:
     if not raw.isdigit() or not 1 <= int(raw) <= MAX_SIDE:
         raise refuse("canvas", f"must be a whole number of pixels from 1 to {MAX_SIDE}, got {raw!r:.40}")
     canvas = int(raw)
-    raw = meta.get("patch", "")
-    if raw and (not raw.isdigit() or not 1 <= int(raw) <= MAX_SIDE):
-        raise refuse("patch", f"must be a whole number of pixels from 1 to {MAX_SIDE}, got {raw!r:.40}")
-    patch = int(raw) if raw else None
+    patch, width = (_optional_whole(meta, key, refuse) for key in ("patch", "width"))
     if patch is None and not grid_for(grid["mode"], grid.get("max_tiles", DEFAULT_MAX_TILES), config).uniform:
         raise refuse("patch", "is needed by a file of the auto grid (the backbone's patch size)")
     precision = meta.get("precision", "fp32")
@@ -105,7 +104,15 @@ def read_metadata(properties: Mapping[str, str], path: Path) -> OnnxMetadata:
         digest, images = reference["digest"], list(reference["images"])
     signature = Signature(config, grid, meta.get("checkpoint") or None, meta.get("checkpoint_fingerprint") or None,
                           digest)
-    return OnnxMetadata(meta.get("version", ""), signature, canvas, precision, thresholds, images, patch)
+    return OnnxMetadata(meta.get("version", ""), signature, canvas, precision, thresholds, images, patch, width)
+
+
+def _optional_whole(meta: Mapping[str, str], key: str, refuse: Any) -> int | None:
+    """A property that is a whole number from 1 to ``MAX_SIDE``, or absent (files of older releases)."""
+    raw = meta.get(key, "")
+    if raw and (not raw.isdigit() or not 1 <= int(raw) <= MAX_SIDE):
+        raise refuse(key, f"must be a whole number from 1 to {MAX_SIDE}, got {raw!r:.40}")
+    return int(raw) if raw else None
 
 
 def _json(meta: Mapping[str, str], key: str, refuse: Any, default: str | None = None) -> Any:

@@ -12,12 +12,14 @@ thresholds stored in the file, unless others are given.
 """
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from ..config import DEFAULT_MAX_TILES, RunOptions
+from ..core.budget import cpu_views
 from ..core.grid import Grid, Placement, global_view_size, grid_for
 from ..data.images import ImageSource, canvas_array, image_from_source, resize_bilinear
 from ..detector.results import Prediction, Thresholds, decide, predict_each
@@ -25,6 +27,8 @@ from ..detector.signature import Signature
 from ..errors import UserError
 from .metadata import read_metadata
 from .sessions import open_session
+
+BATCHED = ("canvas", "box")  # the graph's inputs with one row per canvas
 
 
 class OnnxDetector:
@@ -86,7 +90,8 @@ class OnnxDetector:
     def run(self, canvases: np.ndarray, placements: Sequence[Placement] | None = None
             ) -> tuple[np.ndarray, np.ndarray]:
         """uint8 (B, 3, H, W) canvases of one shape, placed as ``placements`` (needed by a file of
-        the auto grid) -> (B, H, W) maps, zero outside each image's box, and (B,) scores."""
+        the auto grid) -> (B, H, W) maps, zero outside each image's box, and (B,) scores. On the CPU
+        the batch goes through in calls of ``calls_of`` canvases, as the PyTorch forward chunks it."""
         feed = {"canvas": np.ascontiguousarray(canvases, dtype=np.uint8)}
         if "box" in self.session.inputs:  # a graph of the auto grid
             if placements is None:
@@ -96,7 +101,24 @@ class OnnxDetector:
             rows, cols = global_view_size(height, width, self.config.image_size, patch)
             feed["box"] = np.array([(p.top, p.left, p.height, p.width) for p in placements], dtype=np.int64)
             feed["global_grid"] = np.zeros((rows // patch, cols // patch), dtype=np.float32)
-        return self.session.run(feed)
+        placed = placements[0] if placements else self.grid.place(*canvases.shape[-2:])
+        step = self.calls_of(placed) if len(canvases) > 1 else 1
+        if len(canvases) <= step:
+            return self.session.run(feed)
+        parts = [self.session.run({name: value[start:start + step] if name in BATCHED else value
+                                   for name, value in feed.items()}) for start in range(0, len(canvases), step)]
+        return np.concatenate([maps for maps, _ in parts]), np.concatenate([scores for _, scores in parts])
+
+    def calls_of(self, placed: Placement) -> int:
+        """How many canvases of ``placed``'s tiles one call takes: on the CPU, as many as keep the
+        tiles within what one PyTorch forward takes (``core.budget``: batches of 8 canvases of 2×2
+        tiles ran 4.5% faster in calls of 2 on the tiny CLIP, and 13% faster in calls of 1 on
+        ViT-B-16); elsewhere, and for files that do not record their width, the whole batch."""
+        patch, width = self.metadata.patch, self.metadata.width
+        if not self.session.splits_batches or patch is None or width is None:
+            return sys.maxsize
+        tokens = (placed.tiles.tile // patch) ** 2 + 1
+        return max(1, cpu_views(tokens, width) // (placed.rows * placed.cols))
 
     def iter_predictions(self, sources: Sequence[ImageSource], run: RunOptions | None = None,
                          skip_errors: bool = False, exclude: list[int] | None = None, desc: str = "predicting",

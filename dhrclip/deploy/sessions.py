@@ -21,6 +21,7 @@ class Session(Protocol):
     inputs: set[str]
     metadata: dict[str, str]
     name: str  # what runs it, for logs and benchmarks
+    splits_batches: bool  # whether batches run best split by the CPU budget (core.budget)
 
     def run(self, feed: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """(maps, scores) for the named inputs."""
@@ -47,6 +48,7 @@ class OrtSession:
         self.inputs = {i.name for i in self._session.get_inputs()}
         self.metadata = dict(self._session.get_modelmeta().custom_metadata_map)
         self.name = f"onnxruntime {onnxruntime.__version__} ({self._session.get_providers()[0]})"
+        self.splits_batches = self._session.get_providers()[0] == "CPUExecutionProvider"
 
     def run(self, feed: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         maps, scores = self._session.run(None, feed)
@@ -77,6 +79,7 @@ class OpenVinoSession:
         self.inputs = {i.get_any_name() for i in model.inputs}
         self.metadata = {str(k): v.astype(str) if hasattr(v, "astype") else str(v) for k, v in properties.items()}
         self.name = f"OpenVINO {openvino.__version__} (CPU)"
+        self.splits_batches = False  # it plans whole batches, and ran them faster than single canvases
         self._request = self._compiled.create_infer_request()
 
     def run(self, feed: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

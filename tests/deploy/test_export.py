@@ -17,6 +17,7 @@ from conftest import ROOT
 from PIL import Image
 
 from dhrclip import DHRCLIP, cli
+from dhrclip.core import budget
 from dhrclip.data.images import resize_bilinear
 from dhrclip.data.synthetic import synthetic_image
 from dhrclip.deploy.runtime import OnnxDetector
@@ -70,6 +71,32 @@ def test_onnx_maps_and_scores_match_pytorch_at_batch_1_and_3(exported, checkpoin
         assert np.abs(maps - want_maps.numpy()).max() < 1e-3
         assert np.abs(scores - want_scores.numpy()).max() < 1e-4
     assert np.abs(three[0] - np.concatenate([m for m, _ in ones])).max() < 1e-5  # batch size changes nothing
+
+
+def assert_split_batches_match_single_canvases(detector, placements, monkeypatch):
+    """With the CPU budget set to two canvases' tiles, a batch of five runs in calls of 2, 2 and 1,
+    and gives what the canvases give one at a time."""
+    placed = placements[0]
+    tokens = (placed.tiles.tile // detector.metadata.patch) ** 2 + 1
+    monkeypatch.setattr(budget, "CPU_ACTIVATIONS", 2 * placed.rows * placed.cols * tokens * detector.metadata.width)
+    assert detector.calls_of(placed) == 2
+    rng = np.random.default_rng(5)
+    canvases = rng.integers(0, 256, (len(placements), 3, *placed.tiles.size), dtype=np.uint8)
+    fixed = all(p.fills_canvas for p in placements) and "box" not in detector.session.inputs
+    ones = [detector.run(canvases[i:i + 1], None if fixed else placements[i:i + 1]) for i in range(len(placements))]
+    calls = []
+    run = detector.session.run
+    monkeypatch.setattr(detector.session, "run", lambda feed: calls.append(len(feed["canvas"])) or run(feed))
+    maps, scores = detector.run(canvases, None if fixed else placements)
+    assert calls == [2, 2, 1]
+    assert np.abs(maps - np.concatenate([m for m, _ in ones])).max() < 1e-5
+    assert np.abs(scores - np.concatenate([s for _, s in ones])).max() < 1e-5
+
+
+def test_on_the_cpu_a_batch_runs_in_calls_within_one_forwards_budget(exported, monkeypatch):
+    detector = OnnxDetector(exported)
+    assert detector.session.splits_batches and detector.metadata.width == 128  # the tiny CLIP's
+    assert_split_batches_match_single_canvases(detector, [detector.grid.place(0, 0)] * 5, monkeypatch)
 
 
 def test_metadata_carries_settings_thresholds_and_version(exported, checkpoint):
@@ -140,7 +167,7 @@ def test_what_an_exported_file_fixes_is_refused_naming_the_flag(checkpoint, tmp_
     assert "--sigma" in capsys.readouterr().err
 
 
-def test_predict_calibrate_export_predict_with_default_flags_on_every_aspect_ratio(checkpoint, tmp_path):
+def test_predict_calibrate_export_predict_with_default_flags_on_every_aspect_ratio(checkpoint, tmp_path, monkeypatch):
     """The README's journey with no grid flag anywhere: predict.py calibrates on its default
     (auto) grid, export.py exports that grid, and predict.py --onnx gives the PyTorch run's
     decisions and maps on images of 1:3, 3:1, 4:3, square and 2448×1024."""
@@ -182,6 +209,9 @@ def test_predict_calibrate_export_predict_with_default_flags_on_every_aspect_rat
     for a, b in zip(model.predict(images), exported.predict(images)):  # float32: within 1e-3
         assert a.grid == b.grid and np.abs(a.anomaly_map - b.anomaly_map).max() < 1e-3
         assert abs(a.score - b.score) < 1e-4
+    boxes = [exported.grid.place(h, 120) for h in (90, 86, 80, 90, 84)]  # one canvas, boxes of their own
+    assert len({p.to_tuple()[:5] for p in boxes}) == 1 and len({p.to_tuple()[5:] for p in boxes}) > 1
+    assert_split_batches_match_single_canvases(exported, boxes, monkeypatch)
 
 
 def test_fp16_export_and_a_baked_reference_bank(checkpoint, parts, tmp_path):

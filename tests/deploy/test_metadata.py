@@ -13,7 +13,8 @@ from dhrclip.errors import UserError
 
 PATH = Path("model.onnx")
 META = OnnxMetadata("0.2.0", Signature(ModelConfig(pretrained="none"), {"mode": "fixed"}, "/c/epoch_3.pth",
-                                       "size:1:sha256:ab", "digest"), 448, "fp32", Thresholds(0.4, 1.1), ["g.png"])
+                                       "size:1:sha256:ab", "digest"), 448, "fp32", Thresholds(0.4, 1.1), ["g.png"],
+                    patch=16, width=768)
 
 
 def test_properties_read_back_equal():
@@ -32,6 +33,9 @@ def test_properties_read_back_equal():
     ("canvas", "0", '"canvas" must be a whole number of pixels'),
     ("canvas", "-5", '"canvas" must be a whole number of pixels'),
     ("canvas", "99999", '"canvas" must be a whole number of pixels'),
+    ("patch", "16.5", '"patch" must be a whole number from 1 to 4096'),
+    ("width", "wide", '"width" must be a whole number from 1 to 4096'),
+    ("width", "0", '"width" must be a whole number from 1 to 4096'),
     ("reference", json.dumps({"images": ["g.png"]}), '"reference" must be null or a record with a digest'),
     ("reference", "not json", '"reference" is not valid JSON'),
     ("grid", json.dumps("fixed"), '"grid" must be a record'),
@@ -43,6 +47,12 @@ def test_damaged_metadata_is_one_user_error_naming_the_property(key, value, word
         read_metadata(properties, PATH)
     assert str(PATH) in str(info.value) and words in str(info.value), str(info.value)
     assert info.value.field == "onnx"
+
+
+def test_a_file_of_an_older_release_without_patch_and_width_reads():
+    properties = {k: v for k, v in META.to_properties().items() if k not in ("dhrclip.patch", "dhrclip.width")}
+    found = read_metadata(properties, PATH)
+    assert (found.patch, found.width) == (None, None) and found.signature == META.signature
 
 
 def test_a_file_without_the_projects_metadata():
