@@ -33,6 +33,8 @@ from dhrclip.deploy.export import export_onnx
 from dhrclip.deploy.runtime import OnnxDetector
 
 RUNTIMES = ("pytorch", "onnxruntime", "onnxruntime-int8", "openvino", "openvino-int8")
+LABELS = {"pytorch": "PyTorch eager, fp32", "onnxruntime": "onnxruntime, fp32", "onnxruntime-int8": "onnxruntime, int8",
+          "openvino": "OpenVINO, fp32", "openvino-int8": "OpenVINO, int8"}
 MODELS = {
     "tiny": dict(model="ViT-B-16", features_list=(2, 4), dpam=3),
     "ViT-B-16": dict(model="ViT-B-16", pretrained="none", features_list=(3, 6, 9, 12), dpam=10),
@@ -156,13 +158,18 @@ def main() -> None:
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     if args.markdown:
-        print("\n| model | runtime | batch 1 images/s | batch 8 images/s |\n|---|---|---|---|")
+        print("\n| model | runtime | " + " | ".join(f"batch {b} images/s" for b in args.batch_sizes) + " | "
+              + " | ".join(f"batch {b} ÷ eager" for b in args.batch_sizes) + " |")
+        print("|---|---|" + "---|" * 2 * len(args.batch_sizes))
         for name in args.models:
+            speeds = {(r["runtime"], r["batch"]): r["images_per_s"] for r in rows if r["model"] == name}
             for runtime in args.runtimes:
-                speeds = {r["batch"]: r["images_per_s"] for r in rows if r["model"] == name and r["runtime"] == runtime}
-                if speeds:
-                    print(f"| {name} | {runtime} | {speeds.get(1, '')} | {speeds.get(8, '')} |")
-
+                if (runtime, args.batch_sizes[0]) not in speeds:
+                    continue
+                ratios = [f"{speeds[runtime, b] / speeds['pytorch', b]:.2f}" if ("pytorch", b) in speeds else ""
+                          for b in args.batch_sizes]
+                print(f"| {name} | {LABELS[runtime]} | " + " | ".join(str(speeds[runtime, b]) for b in args.batch_sizes)
+                      + " | " + " | ".join(ratios) + " |")
 
 if __name__ == "__main__":
     main()

@@ -43,7 +43,9 @@ from .sessions import OrtSession
 
 log = logging.getLogger(__name__)
 
-OPSET = 18  # the first opset whose Resize has the antialiasing the global view needs
+# the oldest opset the exporter writes this graph in: asked for 17, its version converter fails on
+# the reductions' axes (inputs since opset 18) and it writes opset 18 regardless
+OPSET = 18
 EXPORT_RUN = RunOptions()  # the fixed grid
 
 
@@ -177,8 +179,8 @@ def export_onnx(model: DHRCLIP, output: str | os.PathLike, thresholds: Threshold
     """
     grid = model.grid_for(run)
     if opset < OPSET:
-        raise UserError(f"opset {opset} has no antialiased Resize, which the global view needs; use {OPSET} or "
-                        f"newer", field="opset")
+        raise UserError(f"opset {opset} cannot be written: the exporter converts this graph no further back "
+                        f"than opset {OPSET}; use {OPSET} or newer", field="opset")
     if precision not in EXPORT_PRECISIONS:
         raise UserError(f"precision {precision} cannot be exported; use {', '.join(EXPORT_PRECISIONS)}",
                         field="precision")

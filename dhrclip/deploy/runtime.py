@@ -91,7 +91,9 @@ class OnnxDetector:
             ) -> tuple[np.ndarray, np.ndarray]:
         """uint8 (B, 3, H, W) canvases of one shape, placed as ``placements`` (needed by a file of
         the auto grid) -> (B, H, W) maps, zero outside each image's box, and (B,) scores. On the CPU
-        the batch goes through in calls of ``calls_of`` canvases, as the PyTorch forward chunks it."""
+        the batch goes through in calls of ``calls_of`` canvases, as the PyTorch forward chunks it:
+        float files give what each canvas gives alone; an int8 file quantises its activations with
+        one scale per call."""
         feed = {"canvas": np.ascontiguousarray(canvases, dtype=np.uint8)}
         if "box" in self.session.inputs:  # a graph of the auto grid
             if placements is None:

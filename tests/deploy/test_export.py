@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import importlib.metadata
 import json
 import os
@@ -99,6 +100,31 @@ def test_on_the_cpu_a_batch_runs_in_calls_within_one_forwards_budget(exported, m
     assert_split_batches_match_single_canvases(detector, [detector.grid.place(0, 0)] * 5, monkeypatch)
 
 
+def test_a_file_that_does_not_record_its_width_runs_a_batch_in_one_call(exported, monkeypatch):
+    detector = OnnxDetector(exported)
+    detector.metadata = dataclasses.replace(detector.metadata, width=None)  # as files of older releases
+    monkeypatch.setattr(budget, "CPU_ACTIVATIONS", 1)
+    calls = []
+    run = detector.session.run
+    monkeypatch.setattr(detector.session, "run", lambda feed: calls.append(len(feed["canvas"])) or run(feed))
+    size = detector.config.target_image_size
+    detector.run(np.zeros((3, 3, size, size), dtype=np.uint8))
+    assert calls == [3]
+
+
+def test_the_profiling_script_accounts_for_the_kernel_time_and_times_calls(exported):
+    done = subprocess.run([sys.executable, "scripts/profile_deploy.py", "--onnx", str(exported), "--profile", "--batch",
+                           "2", "--calls", "1", "2", "--attention", "--views", "2", "--rounds", "1"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    attention, profiled, timed = (json.loads(line) for line in done.stdout.strip().splitlines())
+    assert len(attention["attention_ms"]) == 4 and all(ms > 0 for ms in attention["attention_ms"].values())
+    assert profiled["batch"] == 2 and profiled["kernel_ms_per_call"] > 0
+    assert set(profiled["share"]) == {"vision tower", "rest", "shape arithmetic"}
+    assert abs(sum(profiled["share"].values()) - 1) < 0.01 and profiled["share"]["vision tower"] > 0.2
+    assert set(timed["images_per_s"]) == {"calls of 1", "calls of 2"}
+
+
 def test_metadata_carries_settings_thresholds_and_version(exported, checkpoint):
     import dhrclip
 
@@ -111,7 +137,7 @@ def test_metadata_carries_settings_thresholds_and_version(exported, checkpoint):
     assert onnx_model.pixel_threshold == saved["pixel_threshold"]
     import onnx
 
-    assert onnx.load(str(exported)).opset_import[0].version >= 17
+    assert onnx.load(str(exported)).opset_import[0].version == 18
 
 
 def test_runtime_runs_with_torch_blocked(exported, parts):
@@ -364,25 +390,33 @@ def rows(folder: Path) -> dict[str, dict]:
         return {Path(row["path"]).name: row for row in csv.DictReader(handle)}
 
 
-def test_predict_onnx_runs_without_torch_and_gives_the_same_table(light_venv, exported, parts, tmp_path):
+def test_predict_onnx_runs_without_torch_and_gives_the_same_table(light_venv, exported, checkpoint, parts, tmp_path):
+    """predict.py --onnx and dhrclip-predict --onnx in the light venv write the table the PyTorch
+    path (--checkpoint_path, the file's grid and thresholds) writes here."""
     python = light_venv / "bin" / "python"
     absent = subprocess.run([str(python), "-c", f"import importlib.util as u; print([m for m in {HEAVY!r} "
                              f"if u.find_spec(m)])"], capture_output=True, text=True, check=True)
     assert absent.stdout.strip() == "[]"  # none of the heavy packages is there to import
-    common = ["--onnx", str(exported), "--input", str(parts), "--num_workers", "0"]
-    script = subprocess.run([str(python), str(ROOT / "predict.py"), *common, "--save_path", str(tmp_path / "script")],
+    common = ["--input", str(parts), "--num_workers", "0"]
+    light = ["--onnx", str(exported), *common]
+    script = subprocess.run([str(python), str(ROOT / "predict.py"), *light, "--save_path", str(tmp_path / "script")],
                             capture_output=True, text=True, cwd=tmp_path)
-    command = subprocess.run([str(light_venv / "bin" / "dhrclip-predict"), *common, "--save_path",
+    command = subprocess.run([str(light_venv / "bin" / "dhrclip-predict"), *light, "--save_path",
                               str(tmp_path / "command")], capture_output=True, text=True, cwd=tmp_path)
     for done in (script, command):
         assert done.returncode == 0, done.stderr[-3000:]
-    cli.predict_main([*common, "--save_path", str(tmp_path / "here")])  # this environment, torch and all
-    here = rows(tmp_path / "here")
+    cli.predict_main(["--checkpoint_path", str(checkpoint), "--grid", "fixed", "--device", "cpu", "--threshold_file",
+                      str(exported.parent / "calibration" / "threshold.json"), *common,
+                      "--save_path", str(tmp_path / "torch")])
+    torch_rows = rows(tmp_path / "torch")
     for name in ("script", "command"):
-        light = rows(tmp_path / name)
-        assert {k: r["decision"] for k, r in light.items()} == {k: r["decision"] for k, r in here.items()}
-        assert all(abs(float(light[k]["image_score"]) - float(here[k]["image_score"])) < 1e-6 for k in here)
-    assert len(list((tmp_path / "command" / "figures").glob("*.png"))) == len(here)
+        found = rows(tmp_path / name)
+        assert sorted(found) == sorted(torch_rows)
+        assert {k: r["decision"] for k, r in found.items()} == {k: r["decision"] for k, r in torch_rows.items()}
+        for k, r in torch_rows.items():
+            assert abs(float(found[k]["image_score"]) - float(r["image_score"])) < 1e-4
+            assert abs(float(found[k]["map_max"]) - float(r["map_max"])) < 1e-3
+    assert len(list((tmp_path / "command" / "figures").glob("*.png"))) == len(torch_rows)
 
 
 def test_openvino_runs_the_file_as_onnxruntime_does(exported, parts, tmp_path):

@@ -70,7 +70,11 @@ def test_fewshot_benchmark_runs():
 def test_deploy_benchmark_runs():
     pytest.importorskip("onnxruntime")
     out = subprocess.run([sys.executable, "scripts/bench_deploy.py", "--models", "tiny", "--batch_sizes", "1",
-                          "--images", "1", "--rounds", "1", "--runtimes", "pytorch", "onnxruntime"],
+                          "--images", "1", "--rounds", "1", "--runtimes", "pytorch", "onnxruntime", "--markdown"],
                          cwd=ROOT, check=True, capture_output=True, text=True).stdout
     runs = [json.loads(line) for line in out.strip().splitlines() if line.startswith('{"model"')]
     assert [r["runtime"] for r in runs] == ["pytorch", "onnxruntime"] and all(r["images_per_s"] > 0 for r in runs)
+    table = [line for line in out.splitlines() if line.startswith("| tiny |")]
+    eager, onnx = (line.strip("| ").split(" | ") for line in table)
+    assert eager[1:] == ["PyTorch eager, fp32", str(runs[0]["images_per_s"]), "1.00"]
+    assert onnx[-1] == f"{runs[1]['images_per_s'] / runs[0]['images_per_s']:.2f}"
