@@ -42,7 +42,9 @@ MODELS = {
 
 
 def build(name: str, work: Path) -> DHRCLIP:
-    """The benchmark detector: untrained prompts on the named backbone, at S = P = 224, T = 448."""
+    """The benchmark detector: untrained prompts on the named backbone, at S = P = 224, T = 448,
+    its random weights drawn from seed 0 so that reruns measure the same model."""
+    torch.manual_seed(0)
     settings = dict(MODELS[name])
     if "pretrained" not in settings:
         settings["pretrained"] = str(save_openai_format(tiny_clip(seed=0), work / "tiny.pt"))
