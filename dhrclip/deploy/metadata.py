@@ -84,7 +84,7 @@ def read_metadata(properties: Mapping[str, str], path: Path) -> OnnxMetadata:
         raise UserError(str(exc), field="onnx") from exc
     grid = read_grid_record(_json(meta, "grid", refuse, "null"), where, "onnx")
     raw = meta["canvas"]
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_SIDE:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_SIDE:
         raise refuse("canvas", f"must be a whole number of pixels from 1 to {MAX_SIDE}, got {raw!r:.40}")
     canvas = int(raw)
     patch, width = (_optional_whole(meta, key, refuse) for key in ("patch", "width"))
@@ -110,7 +110,7 @@ def read_metadata(properties: Mapping[str, str], path: Path) -> OnnxMetadata:
 def _optional_whole(meta: Mapping[str, str], key: str, refuse: Any) -> int | None:
     """A property that is a whole number from 1 to ``MAX_SIDE``, or absent (files of older releases)."""
     raw = meta.get(key, "")
-    if raw and (not raw.isdigit() or not 1 <= int(raw) <= MAX_SIDE):
+    if raw and (not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_SIDE):
         raise refuse(key, f"must be a whole number from 1 to {MAX_SIDE}, got {raw!r:.40}")
     return int(raw) if raw else None
 

@@ -163,7 +163,8 @@ def _counted(receive: Receive, limit: int) -> Receive:
 async def _files(request: Request, inspector: Inspector) -> list[UploadFile]:
     limits = inspector.limits
     length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > limits.max_request_bytes:  # refused before a byte is read
+    # refused before a byte is read; a header of other digits ("²") is left to the counted body
+    if length.isascii() and length.isdigit() and int(length) > limits.max_request_bytes:
         raise _too_large(limits.max_request_bytes)
     counted = Request(request.scope, _counted(request.receive, limits.max_request_bytes))
     try:

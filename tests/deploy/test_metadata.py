@@ -36,6 +36,8 @@ def test_properties_read_back_equal():
     ("patch", "16.5", '"patch" must be a whole number from 1 to 4096'),
     ("width", "wide", '"width" must be a whole number from 1 to 4096'),
     ("width", "0", '"width" must be a whole number from 1 to 4096'),
+    ("width", "²", '"width" must be a whole number from 1 to 4096'),  # a digit to str.isdigit, not to int()
+    ("canvas", "٤٤٨", '"canvas" must be a whole number of pixels'),
     ("reference", json.dumps({"images": ["g.png"]}), '"reference" must be null or a record with a digest'),
     ("reference", "not json", '"reference" is not valid JSON'),
     ("grid", json.dumps("fixed"), '"grid" must be a record'),

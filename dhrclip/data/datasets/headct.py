@@ -49,7 +49,7 @@ def index(root: Path, classes: list[str] | None = None) -> dict:
         folder = folder / "head_ct"
     found = set()
     for image in images_in(folder):
-        key = int(image.stem) if image.stem.isdigit() else None
+        key = int(image.stem) if image.stem.isascii() and image.stem.isdigit() else None
         if key not in labels:
             idx.skip("scans without a label in labels.csv")
             continue
