@@ -75,7 +75,7 @@ def _grow(mask: np.ndarray, steps: int, shrink: bool = False) -> np.ndarray:
     """``mask`` dilated (or eroded) by ``steps`` pixels with a 3×3 square."""
     out = mask.copy()
     for _ in range(steps):
-        padded = np.pad(out, 1, constant_values=not shrink)
+        padded = np.pad(out, 1)  # nothing outside the image: a mask on its border still has an edge there
         views = [padded[1 + dy:padded.shape[0] - 1 + dy, 1 + dx:padded.shape[1] - 1 + dx]
                  for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
         out = np.logical_and.reduce(views) if shrink else np.logical_or.reduce(views)

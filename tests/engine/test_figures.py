@@ -91,6 +91,18 @@ def test_the_colour_map_is_opencvs_jet_and_the_outline_traces_the_mask_border():
     assert np.array_equal(green, border.astype(bool))  # the border, nothing inside or outside
 
 
+def test_a_thick_outline_stays_around_the_mask_and_off_the_image_border():
+    """From a 300-pixel side on the outline is thicker than one pixel (4 at 600: the mask's border
+    grown by 2 pixels each way) and frames nothing else, the image's border included."""
+    mask = np.zeros((600, 600), bool)
+    mask[250:350, 250:350] = True  # border rows and columns 250 and 349
+    green = outline(np.zeros((600, 600, 3), np.uint8), mask, color=(0, 255, 0))[..., 1] == 255
+    want = np.zeros((600, 600), bool)
+    want[248:352, 248:352] = True
+    want[253:347, 253:347] = False
+    assert np.array_equal(green, want)
+
+
 def test_a_line_scan_strip_gets_a_figure_of_stacked_panels_thick_enough_to_see():
     strip = np.zeros((200, 10000, 3), np.uint8)
     made = prediction_figure(strip, np.zeros((200, 10000), np.float32), ColorScale.around(0.0, 1.0), "s.png", 0.5,
