@@ -106,20 +106,31 @@ def _box_operator(start: torch.Tensor, length: torch.Tensor, size: int, kernel: 
     return matrix.scatter_add(2, source, weights)
 
 
+class BoxBlur:
+    """``box_blur`` for one batch of boxes: its two operators built once, for every map of the batch
+    (the zero-shot and the few-shot map share them)."""
+
+    def __init__(self, boxes: torch.Tensor, like: torch.Tensor, sigma: float) -> None:
+        """``like``: a (B, H, W) map of the batch, for the size, dtype and device."""
+        height, width = like.shape[-2:]
+        if sigma <= 0:
+            kernel, radius = torch.ones(1, dtype=like.dtype, device=like.device), 0
+        else:
+            kernel, radius = _kernel(sigma, like)
+        top, left, h, w = boxes.unbind(dim=1)
+        self.rows = _box_operator(top, h, height, kernel, radius)
+        self.cols = _box_operator(left, w, width, kernel, radius).transpose(1, 2)
+
+    def __call__(self, maps: torch.Tensor) -> torch.Tensor:
+        return self.rows @ maps @ self.cols
+
+
 def box_blur(maps: torch.Tensor, boxes: torch.Tensor, sigma: float) -> torch.Tensor:
     """(B, H, W) maps smoothed within each image's box (B, 4: top, left, height, width), equal to
     ``gaussian_blur`` of the box alone (mirrored at the box's edges, so no padding enters), and
     zero outside it. Written as one matrix per axis and image, so a batch of boxes of any sizes
     runs as two batched products, on the device and in an exported graph alike."""
-    height, width = maps.shape[-2:]
-    if sigma <= 0:
-        kernel, radius = torch.ones(1, dtype=maps.dtype, device=maps.device), 0
-    else:
-        kernel, radius = _kernel(sigma, maps)
-    top, left, h, w = boxes.unbind(dim=1)
-    rows = _box_operator(top, h, height, kernel, radius)
-    cols = _box_operator(left, w, width, kernel, radius)
-    return rows @ maps @ cols.transpose(1, 2)
+    return BoxBlur(boxes, maps, sigma)(maps)
 
 
 def minmax_normalize(maps: torch.Tensor) -> torch.Tensor:

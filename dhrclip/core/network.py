@@ -1,8 +1,9 @@
 """The DHR-CLIP network: a frozen CLIP, learned prompts, and the multi-view anomaly maps."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from open_clip.model import CLIP
@@ -13,8 +14,8 @@ from ..errors import UserError
 from .fewshot import ReferenceBank
 from .grid import FixedGrid, Placement, TileGrid
 from .maps import (
+    BoxBlur,
     anomaly_score_map,
-    box_blur,
     combine_views,
     gaussian_blur,
     image_logits,
@@ -203,31 +204,29 @@ class DHRCLIPNetwork(nn.Module):
         at inference. With a ``reference`` bank set, the few-shot map is added (``exclude``: per
         image, a reference image not to match it with, -1 for none).
         """
-        placements = placements or [self.fixed_grid.place()]  # one placement shared by the whole batch
-        maps, scores = self.detect(canvas, self.layout(placements, canvas.device), text, exclude)
-        if all(p.fills_canvas for p in placements):
+        layout = self.layout(placements, canvas.device)
+        maps, scores = self.detect(canvas, layout, text, exclude)
+        if layout.boxes is None or placements is None:  # every image fills its canvas
             return maps, scores
         return [maps[i, p.box[0], p.box[1]] for i, p in enumerate(placements)], scores
 
     def detect(self, canvas: torch.Tensor, layout: Layout, text: torch.Tensor | None = None,
                exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``forward`` on canvases laid out as ``layout``: (B, H, W) float32 maps on the canvas,
-        each smoothed within its image's box (``maps.box_blur``) and zero outside it, and (B,)
+        each smoothed within its image's box (``maps.BoxBlur``) and zero outside it, and (B,)
         scores. This is what the ONNX export traces, with the canvas size symbolic."""
         text = self.text_features() if text is None else text
         feats = self.encode(canvas, layout)
         sigma = self.config.sigma
-
-        def smooth(maps: torch.Tensor) -> torch.Tensor:
-            maps = maps.float()
-            return gaussian_blur(maps, sigma) if layout.boxes is None else box_blur(maps, layout.boxes, sigma)
-
-        maps = smooth(self.anomaly_maps(feats, text))
+        maps = self.anomaly_maps(feats, text).float()
+        smooth: Callable[[torch.Tensor], torch.Tensor] = (partial(gaussian_blur, sigma=sigma) if layout.boxes is None
+                  else BoxBlur(layout.boxes, maps, sigma))  # its operators serve the few-shot map too
+        maps = smooth(maps)
         scores = image_scores(self.image_logits(feats, text))
         if self.reference is None:
             return maps, scores
         # the few-shot map adds to the zero-shot one, and its maximum per layer (on the image:
         # zero outside the box, distances are not negative) to the score (docs/method.md §11)
-        few = smooth(self.few_shot_maps(feats, exclude))
+        few = smooth(self.few_shot_maps(feats, exclude).float())
         layers = len(self.config.features_list)
         return maps + few, (scores + few.flatten(1).max(dim=1).values / layers) / 2
