@@ -57,9 +57,9 @@ def runners(model: DHRCLIP, run: RunOptions, work: Path, wanted: list[str]) -> d
     """A function per runtime, from uint8 canvases and their placements to maps and scores."""
     found: dict[str, Callable] = {}
     files = {}
+    needed = {name.partition("-")[2] or "fp32" for name in wanted if name != "pytorch"}
     for precision in ("fp32", "int8"):
-        if any(name.endswith(precision) or (precision == "fp32" and "-" not in name and name != "pytorch")
-               for name in wanted):
+        if precision in needed:
             began = time.perf_counter()
             files[precision] = export_onnx(model, work / f"{precision}.onnx", precision=precision, run=run)
             print(json.dumps({"export": precision, "seconds": round(time.perf_counter() - began, 1)}), flush=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 CPU_ACTIVATIONS = 300_000
 
 
-def cpu_views(tokens: int, width: int) -> int:
-    """How many views of ``tokens`` tokens of ``width`` channels one CPU forward takes (at least one)."""
-    return max(1, CPU_ACTIVATIONS // (tokens * width))
+def cpu_views(patches: int, width: int) -> int:
+    """How many views of ``patches`` patch tokens (and a class token) of ``width`` channels one CPU
+    forward takes (at least one)."""
+    return max(1, CPU_ACTIVATIONS // ((patches + 1) * width))

@@ -88,8 +88,8 @@ class VisionEncoder(nn.Module):
         allowed, as in the reference: the patch grid covers the top-left whole patches. On the
         CPU the views go through in chunks of ``budget.cpu_views``."""
         if images.device.type == "cpu" and not exporting():
-            tokens = (images.shape[-2] // self.patch_size) * (images.shape[-1] // self.patch_size) + 1
-            chunk = cpu_views(tokens, self.width)
+            chunk = cpu_views((images.shape[-2] // self.patch_size) * (images.shape[-1] // self.patch_size),
+                              self.width)
             if images.shape[0] > chunk:
                 parts = [self._forward(images[start:start + chunk]) for start in range(0, images.shape[0], chunk)]
                 return VisionOutput(tokens=[torch.cat(layer) for layer in zip(*(p.tokens for p in parts))],

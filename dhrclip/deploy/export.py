@@ -54,10 +54,9 @@ class _Detector(nn.Module):
 
     text: torch.Tensor
 
-    def __init__(self, model: DHRCLIP, grid: Grid) -> None:
+    def __init__(self, model: DHRCLIP) -> None:
         super().__init__()
         self.net = model.model
-        self.grid = grid
         self.register_buffer("text", model.model.text_features().detach())
 
     def forward(self, canvas: torch.Tensor, box: torch.Tensor | None = None,
@@ -191,7 +190,7 @@ def export_onnx(model: DHRCLIP, output: str | os.PathLike, thresholds: Threshold
     except ImportError as exc:
         raise UserError("exporting needs the deploy extra: pip install '.[deploy]' (onnx, onnxscript, "
                         "onnxruntime)") from exc
-    module = _Detector(model, grid).eval()
+    module = _Detector(model).eval()
     if precision == "fp16":
         module = copy.deepcopy(module)
         module.net.clip.visual.half()  # the heavy part; the maps and the scores are computed in float32
@@ -218,7 +217,7 @@ def export_onnx(model: DHRCLIP, output: str | os.PathLike, thresholds: Threshold
         traced = scratch("trace")
         with torch.no_grad(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*shares the same shape constraints.*")  # box and canvas
-            module(**inputs)  # fills the per-size caches (positional tables) before tracing
+            module(**inputs)  # one eager call, so that what is computed on first use is not traced
             torch.onnx.export(module, (), str(traced), kwargs=inputs, dynamo=True, opset_version=opset, optimize=True,
                               external_data=False, verbose=False, input_names=list(inputs),
                               output_names=["anomaly_map", "image_score"], dynamic_shapes=dynamic)

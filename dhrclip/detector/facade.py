@@ -208,6 +208,7 @@ class DHRCLIP:
         clone = copy.copy(self)
         clone.model = copy.copy(self.model)  # shares the network; only the bank differs
         clone.model.reference = bank.to(self.device)
+        clone.model.reference.units  # noqa: B018 - computed now, outside any export's trace, which skips `exclude`
         return clone
 
     def state_dict(self) -> dict[str, Any]:
